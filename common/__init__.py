@@ -1,0 +1,1 @@
+"""Shared code for every method: data sources, splits, metrics, device selection, run logging."""

@@ -1,0 +1,65 @@
+"""Glue shared by every method's train script: profiles, labelled split frames, run folders."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from common.data.manifest import Exclusions
+from common.data.sources import load_dataset
+from common.paths import find_data_root
+from common.splits import SPLITS, attach_split, load_split
+
+log = logging.getLogger(__name__)
+
+
+def resolve_profile(profiles: dict[str, dict], profile: str, overrides: dict) -> dict:
+    """Profile defaults updated with every explicitly given (non-None) override.
+
+    Raises:
+        ValueError: unknown profile name, or an override key the profile does not define.
+    """
+    if profile not in profiles:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(profiles)}")
+    resolved = dict(profiles[profile])
+    for key, value in overrides.items():
+        if key not in resolved:
+            raise ValueError(f"{key!r} is not a profile setting ({sorted(resolved)})")
+        if value is not None:
+            resolved[key] = value
+    return resolved
+
+
+def labelled_split_frame(dataset: str, data_root: str | None, results_dir: str | Path,
+                         max_per_split: int | None = None) -> tuple[pd.DataFrame, Exclusions]:
+    """Manifest rows of ``dataset`` that belong to its shared split, with a ``split`` column.
+
+    Rows outside the split file (e.g. scans without age) are logged as exclusions.
+
+    Args:
+        max_per_split: keep only the first N participants (by ID) of each split; for smoke runs.
+
+    Raises:
+        FileNotFoundError: missing data or split file.
+        common.splits.SplitLeakageError: the split file leaks participants.
+    """
+    manifest, exclusions = load_dataset(dataset, find_data_root(data_root))
+    frame = attach_split(manifest, load_split(dataset, results_dir))
+    for row in frame[(frame["split"] == "") & frame["age"].notna()].itertuples():
+        exclusions.add(dataset, row.image_path, "participant not in the split file (added after the split was made)", "split")
+    frame = frame[frame["split"].isin(SPLITS) & frame["age"].notna()].reset_index(drop=True)
+    if max_per_split:
+        keep = []
+        for s in SPLITS:
+            ids = sorted(frame.loc[frame["split"] == s, "participant_id"].unique())[:max_per_split]
+            keep.extend(ids)
+        frame = frame[frame["participant_id"].isin(keep)].reset_index(drop=True)
+    return frame, exclusions
+
+
+def default_run_name(profile: str) -> str:
+    """``<profile>-YYYYmmdd-HHMMSS`` (UTC)."""
+    return f"{profile}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"

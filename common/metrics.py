@@ -1,0 +1,123 @@
+"""Regression metrics, linear bias correction and bootstrap confidence intervals.
+
+Bias correction follows Cole et al. (2018), "Brain age predicts mortality", Mol. Psychiatry
+23:1385-1392 (and Smith et al. 2019 discuss the same regression-to-the-mean bias): on the
+*validation* predictions fit ``predicted_age = slope * age + intercept`` and correct any prediction
+as ``(predicted_age - intercept) / slope``. The coefficients are fitted once and stored; the test
+split is only ever transformed with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    """Cole et al. 2018 linear age-bias correction; ``slope``/``intercept`` in years.
+
+    Attributes:
+        slope: slope of predicted age regressed on chronological age (validation split).
+        intercept: intercept of that regression, years.
+        fitted_on: which split provided the fit (always ``"val"`` in this project).
+        n: number of predictions used for the fit.
+    """
+
+    slope: float
+    intercept: float
+    fitted_on: str = "val"
+    n: int = 0
+    method: str = "Cole et al. 2018: pred = slope*age + intercept; corrected = (pred - intercept)/slope"
+
+    @classmethod
+    def fit(cls, age: np.ndarray, predicted_age: np.ndarray, fitted_on: str = "val") -> BiasCorrection:
+        """Fit on (age, predicted_age) pairs of the validation split.
+
+        Raises:
+            ValueError: fewer than 3 pairs, constant ages, or ``fitted_on == "test"``.
+        """
+        if fitted_on == "test":
+            raise ValueError("bias correction must never be fitted on test data")
+        age, pred = np.asarray(age, float), np.asarray(predicted_age, float)
+        if len(age) < 3 or np.ptp(age) == 0:
+            raise ValueError("bias correction needs at least 3 subjects with different ages")
+        reg = LinearRegression().fit(age[:, None], pred)
+        slope = float(reg.coef_[0])
+        if abs(slope) < 1e-3:
+            # A (near-)constant predictor cannot be inverted; keep predictions unchanged.
+            return cls(slope=1.0, intercept=0.0, fitted_on=fitted_on, n=len(age),
+                       method="identity: fitted slope ~0, correction not invertible")
+        return cls(slope=slope, intercept=float(reg.intercept_), fitted_on=fitted_on, n=len(age))
+
+    def apply(self, predicted_age: np.ndarray) -> np.ndarray:
+        """Corrected predictions (years) for any split."""
+        return (np.asarray(predicted_age, float) - self.intercept) / self.slope
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def regression_metrics(age: np.ndarray, predicted_age: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE (years), Pearson r, R^2, Spearman rho of brain age gap vs age, mean gap.
+
+    Args:
+        age: chronological ages (years), shape (N,).
+        predicted_age: predicted ages (years), shape (N,).
+
+    Raises:
+        ValueError: mismatched lengths, fewer than 2 samples, or non-finite values.
+    """
+    age, pred = np.asarray(age, float), np.asarray(predicted_age, float)
+    if age.shape != pred.shape or age.ndim != 1:
+        raise ValueError(f"age and predicted_age must be 1D of equal length, got {age.shape} and {pred.shape}")
+    if len(age) < 2:
+        raise ValueError("need at least 2 samples for regression metrics")
+    if not (np.isfinite(age).all() and np.isfinite(pred).all()):
+        raise ValueError("age and predicted_age must be finite")
+    gap = pred - age
+    const = np.ptp(pred) == 0
+    return {
+        "mae": float(mean_absolute_error(age, pred)),
+        "rmse": float(np.sqrt(mean_squared_error(age, pred))),
+        "pearson_r": float("nan") if const else float(stats.pearsonr(age, pred)[0]),
+        "r2": float(r2_score(age, pred)),
+        "spearman_gap_age": float(stats.spearmanr(gap, age)[0]),
+        "mean_gap": float(gap.mean()),
+        "n": int(len(age)),
+    }
+
+
+def bootstrap_ci(values: np.ndarray, statistic=np.mean, n_resamples: int = 2000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic`` over per-sample ``values`` (scipy.stats.bootstrap)."""
+    values = np.asarray(values, float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    res = stats.bootstrap((values,), statistic, n_resamples=n_resamples, confidence_level=confidence,
+                          method="percentile", random_state=np.random.default_rng(seed), vectorized=True)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def brain_age_report(age: np.ndarray, predicted_age: np.ndarray, correction: BiasCorrection,
+                     train_mean_age: float) -> dict:
+    """Full test-split report: raw and bias-corrected metrics, MAE bootstrap 95% CIs, and the
+    MAE of always predicting the training-set mean age (the trivial reference)."""
+    age, pred = np.asarray(age, float), np.asarray(predicted_age, float)
+    corrected = correction.apply(pred)
+    raw = regression_metrics(age, pred)
+    cor = regression_metrics(age, corrected)
+    raw["mae_ci95"] = bootstrap_ci(np.abs(pred - age))
+    cor["mae_ci95"] = bootstrap_ci(np.abs(corrected - age))
+    mean_mae = float(np.mean(np.abs(age - train_mean_age)))
+    return {
+        "raw": raw,
+        "corrected": cor,
+        "mean_predictor_mae": mean_mae,
+        "mae_ratio_to_mean_predictor": raw["mae"] / mean_mae if mean_mae > 0 else float("nan"),
+        "bias_correction": correction.to_dict(),
+    }

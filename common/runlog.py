@@ -1,0 +1,89 @@
+"""Run folders: ``config.json``, ``metrics.csv`` (one row per epoch) and TensorBoard events.
+
+Layout: ``runs/<method>/<dataset>/<run_name>/`` (DESIGN.md "Runs and results").
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from common.io import write_json
+
+
+def git_commit() -> str:
+    """Current git commit (with ``-dirty`` if the tree has changes), or ``"unknown"``."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment_info(device: torch.device) -> dict:
+    """Versions and machine facts recorded with every run and result."""
+    import monai
+    import numpy
+    import sklearn
+
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return {
+        "device": str(device), "device_name": device_name, "python": sys.version.split()[0],
+        "torch": torch.__version__, "monai": monai.__version__, "numpy": numpy.__version__,
+        "sklearn": sklearn.__version__, "platform": platform.platform(),
+    }
+
+
+class RunLogger:
+    """Writes a run's config, per-epoch metrics CSV and TensorBoard scalars.
+
+    Args:
+        run_dir: the run folder (created).
+        config: every resolved argument; written to ``config.json`` with commit and versions.
+        device: compute device, recorded in the config.
+        resume: append to an existing ``metrics.csv`` instead of starting a new one.
+    """
+
+    def __init__(self, run_dir: str | Path, config: dict, device: torch.device, resume: bool = False):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = {**config, "git_commit": git_commit(), "environment": environment_info(device)}
+        write_json(self.run_dir / "config.json", self.config)
+        self.metrics_path = self.run_dir / "metrics.csv"
+        if not resume and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        self._fields: list[str] | None = None
+
+    def log_epoch(self, epoch: int, scalars: dict[str, float]) -> None:
+        """Append one row to ``metrics.csv`` and write ``scalars`` (names like ``loss/train``)
+        to TensorBoard with the epoch as step."""
+        row = {"epoch": epoch, **scalars}
+        new = not self.metrics_path.exists()
+        if self._fields is None:
+            self._fields = list(row)
+        with open(self.metrics_path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self._fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

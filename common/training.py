@@ -1,0 +1,203 @@
+"""Training and evaluation loops shared by the deep brain-age regressors.
+
+Reproducibility and resume: at the start of every epoch python, numpy and torch are seeded with
+``seed + epoch`` (data order, augmentation, dropout), so resuming from ``last.pt`` at an epoch
+boundary replays exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from common.device import seed_everything
+from common.io import save_torch
+from common.runlog import RunLogger
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was produced by another method than the one loading it."""
+
+
+def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
+    """Load a checkpoint safely (``weights_only=True``) and check which method wrote it.
+
+    Raises:
+        FileNotFoundError: missing file.
+        CheckpointMismatchError: ``method`` is given and differs from the checkpoint's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if method is not None and ckpt.get("method") != method:
+        raise CheckpointMismatchError(
+            f"{path} was written by method {ckpt.get('method')!r}, not {method!r}; use that method's predict command")
+    return ckpt
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class FitConfig:
+    """Loop settings for :func:`fit_regressor`.
+
+    Attributes:
+        epochs: maximum number of epochs.
+        grad_clip: max global gradient norm (None: no clipping).
+        amp_dtype: autocast dtype (None: fp32).
+        channels_last: use ``torch.channels_last_3d`` for inputs and weights.
+        early_stopping_patience: stop after this many epochs without a better validation MAE.
+        seed: base seed; epoch ``e`` is seeded with ``seed + e``.
+    """
+
+    epochs: int
+    grad_clip: float | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    early_stopping_patience: int | None = None
+    seed: int = 42
+    extra: dict = field(default_factory=dict)
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x = batch["image"].to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x, batch["age"].to(device)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, cfg: FitConfig, scaler: torch.amp.GradScaler | None = None,
+                    desc: str = "train") -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss and the largest gradient norm seen."""
+    model.train()
+    total, count, max_grad = 0.0, 0, 0.0
+    for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
+        x, y = _to_device(batch, device, cfg.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(device, cfg.amp_dtype):
+            pred = model(x)
+        loss = loss_fn(pred.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} ({desc})")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip else math.inf)
+        max_grad = max(max_grad, float(norm))
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+    return {"loss": total / max(count, 1), "max_grad_norm": max_grad}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
+            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predict every sample of ``loader`` once, in order.
+
+    Returns:
+        ``(indices, ages, predictions)`` as 1D numpy arrays (ages/predictions in years).
+    """
+    model.eval()
+    idx, ages, preds = [], [], []
+    for batch in loader:
+        x, y = _to_device(batch, device, channels_last)
+        with autocast_context(device, amp_dtype):
+            out = model(x)
+        idx.append(batch["index"].numpy())
+        ages.append(y.float().cpu().numpy())
+        preds.append(out.float().cpu().numpy())
+    return np.concatenate(idx), np.concatenate(ages), np.concatenate(preds)
+
+
+def fit_regressor(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loss_fn: Callable,
+                  train_loader: DataLoader, val_loader: DataLoader, device: torch.device, cfg: FitConfig,
+                  run_dir: str | Path, logger: RunLogger, checkpoint_meta: dict, resume: bool = False) -> dict:
+    """Train with per-epoch validation; keep ``best.pt`` (lowest validation MAE) and ``last.pt``.
+
+    ``scheduler`` is stepped once per epoch; a ``ReduceLROnPlateau`` receives the validation MAE.
+    Checkpoints hold model, optimizer, scheduler and scaler state plus ``checkpoint_meta``
+    (method name, preprocessing spec, ...), and are written atomically.
+
+    Returns:
+        ``{"best_epoch", "best_val_mae", "epochs_run", "train_seconds"}``.
+    """
+    run_dir = Path(run_dir)
+    scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and cfg.amp_dtype == torch.float16) else None
+    start_epoch, best_mae, best_epoch, stale = 0, math.inf, -1, 0
+    if resume and (run_dir / "last.pt").exists():
+        ckpt = load_checkpoint(run_dir / "last.pt", checkpoint_meta.get("method"))
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        if scheduler is not None and ckpt.get("scheduler_state") is not None:
+            scheduler.load_state_dict(ckpt["scheduler_state"])
+        if scaler is not None and ckpt.get("scaler_state") is not None:
+            scaler.load_state_dict(ckpt["scaler_state"])
+        start_epoch = ckpt["epoch"] + 1
+        best_mae, best_epoch, stale = ckpt["best_val_mae"], ckpt["best_epoch"], ckpt["stale_epochs"]
+        log.info("resumed from %s at epoch %d (best val MAE %.3f at epoch %d)", run_dir / "last.pt",
+                 start_epoch, best_mae, best_epoch)
+    t0 = time.time()
+    epoch = start_epoch - 1
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)
+    for epoch in bar:
+        seed_everything(cfg.seed + epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        tr = train_one_epoch(model, train_loader, loss_fn, optimizer, device, cfg, scaler, desc=f"epoch {epoch}")
+        _, ages, preds = predict(model, val_loader, device, cfg.amp_dtype, cfg.channels_last)
+        val_loss = float(loss_fn(torch.from_numpy(preds), torch.from_numpy(ages)))
+        val_mae = float(np.mean(np.abs(preds - ages)))
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val_mae)
+        elif scheduler is not None:
+            scheduler.step()
+        improved = val_mae < best_mae
+        if improved:
+            best_mae, best_epoch, stale = val_mae, epoch, 0
+        else:
+            stale += 1
+        logger.log_epoch(epoch, {"loss/train": tr["loss"], "loss/val": val_loss, "mae/val": val_mae,
+                                 "opt/lr": lr, "opt/max_grad_norm": tr["max_grad_norm"],
+                                 "time/elapsed_s": time.time() - t0})
+        bar.set_postfix(train_loss=f"{tr['loss']:.2f}", val_mae=f"{val_mae:.2f}", best=f"{best_mae:.2f}")
+        state = {
+            **checkpoint_meta, "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+            "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+            "scaler_state": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch, "best_val_mae": best_mae, "best_epoch": best_epoch, "stale_epochs": stale,
+        }
+        if improved:
+            best = {k: v for k, v in state.items() if k not in ("optimizer_state", "scheduler_state", "scaler_state")}
+            save_torch(run_dir / "best.pt", {**best, "val_mae": val_mae})
+        save_torch(run_dir / "last.pt", state)
+        if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
+            log.info("early stopping at epoch %d (no improvement for %d epochs)", epoch, stale)
+            break
+    return {"best_epoch": best_epoch, "best_val_mae": best_mae, "epochs_run": epoch + 1,
+            "train_seconds": time.time() - t0}

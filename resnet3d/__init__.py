@@ -1,0 +1,1 @@
+"""3D ResNet-18 brain-age regression (open-source "brain-age-estimation" project, IXI)."""

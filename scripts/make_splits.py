@@ -1,0 +1,63 @@
+"""Build (or check) the shared subject-level splits ``results/splits/<dataset>.csv``.
+
+Every method trains and evaluates on these files. An existing split file is never rewritten
+unless ``--force`` is given; it is checked for leakage and for subjects missing from it.
+
+    python scripts/make_splits.py --datasets=ixi_hh,ds000228
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import fire
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.data.manifest import subjects_table  # noqa: E402
+from common.data.sources import load_dataset  # noqa: E402
+from common.io import write_text  # noqa: E402
+from common.paths import find_data_root  # noqa: E402
+from common.splits import SPLIT_METHOD, load_split, make_age_stratified_split, split_path  # noqa: E402
+
+log = logging.getLogger("make_splits")
+
+
+def main(datasets: str = "ixi_hh,ds000228", data_root: str | None = None, seed: int = 42,
+         results_dir: str = "results", force: bool = False) -> None:
+    """Write one age-stratified, subject-level split per dataset.
+
+    Args:
+        datasets: comma-separated dataset folder names under the data root.
+        data_root: data folder (default: $DATA_ROOT, ../shared/data, data/).
+        seed: random seed of the within-block assignment (recorded in the file header).
+        results_dir: where ``splits/<dataset>.csv`` is written.
+        force: overwrite an existing split file (changes every method's results).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    root = find_data_root(data_root)
+    names = datasets.split(",") if isinstance(datasets, str) else list(datasets)
+    for name in names:
+        manifest, _ = load_dataset(name, root)
+        subjects = subjects_table(manifest)
+        labelled = subjects.dropna(subset=["age"])
+        path = split_path(name, results_dir)
+        if path.exists() and not force:
+            split = load_split(name, results_dir)
+            missing = sorted(set(labelled["participant_id"]) - set(split["participant_id"]))
+            if missing:
+                log.warning("%s: %d labelled participants are not in %s (kept out; use --force to rebuild): %s",
+                            name, len(missing), path, missing[:10])
+            log.info("%s: existing split OK (%s)", name, {k: int(v) for k, v in split["split"].value_counts().items()})
+            continue
+        split = make_age_stratified_split(labelled, seed=seed)
+        header = (f"# split of {name}: {SPLIT_METHOD}; seed={seed}; {len(split)} participants with age "
+                  f"({len(subjects) - len(labelled)} without age left out)\n")
+        write_text(path, header + split.to_csv(index=False))
+        log.info("%s: wrote %s (%s)", name, path, {k: int(v) for k, v in split["split"].value_counts().items()})
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

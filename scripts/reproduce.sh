@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The main job: set-up, data check, shared splits, train + test every method on every dataset it
+# applies to, then regenerate the leaderboard.
+#
+#   bash scripts/reproduce.sh
+#   METHODS=resnet3d DATASETS=ixi_hh PROFILE=cpu bash scripts/reproduce.sh
+#
+# METHODS   space/comma-separated subset of: resnet3d            (default: all)
+# DATASETS  space/comma-separated subset of: ixi_hh ds000228     (default: all a method applies to)
+# PROFILE   paper | cpu   (default: paper with a CUDA GPU, else cpu)
+# DATA_ROOT data folder   (default: ../shared/data, else data/)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/setup_env.sh
+
+if [[ -z "${DATA_ROOT:-}" ]]; then
+  if [[ -d ../shared/data ]]; then DATA_ROOT="$(cd ../shared/data && pwd)";
+  elif [[ -d data ]]; then DATA_ROOT="$(pwd)/data";
+  else
+    echo "No data found. Set DATA_ROOT, or download the public datasets with:" >&2
+    echo "  python scripts/fetch_data.py            (or --from=DIR to link a local copy)" >&2
+    exit 2
+  fi
+fi
+export DATA_ROOT
+PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; print(default_profile())')}"
+ALL_METHODS="resnet3d"
+METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
+DATASETS="${DATASETS:-ixi_hh ds000228}"; DATASETS="${DATASETS//,/ }"
+LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
+echo "[reproduce] DATA_ROOT=$DATA_ROOT PROFILE=$PROFILE METHODS=$METHODS DATASETS=$DATASETS"
+
+python scripts/make_splits.py --datasets="${DATASETS// /,}"
+
+declare -A APPLIES=( [resnet3d]="ixi_hh ds000228" )
+failed=()
+for method in $METHODS; do
+  [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS)" >&2; exit 2; }
+  for dataset in $DATASETS; do
+    [[ " ${APPLIES[$method]} " == *" $dataset "* ]] || continue
+    log="$LOG_DIR/${method}__${dataset}.log"
+    echo "[reproduce] $method on $dataset (profile $PROFILE), log: $log"
+    start=$SECONDS
+    if DATASET="$dataset" PROFILE="$PROFILE" bash "$method/train.sh" > "$log" 2>&1; then
+      echo "[reproduce] $method on $dataset done in $((SECONDS - start)) s"
+    else
+      echo "[reproduce] $method on $dataset FAILED after $((SECONDS - start)) s; see $log" >&2
+      tail -n 20 "$log" >&2
+      failed+=("$method/$dataset")
+    fi
+  done
+done
+
+python scripts/make_leaderboard.py
+if (( ${#failed[@]} )); then
+  echo "[reproduce] failed: ${failed[*]}" >&2
+  exit 1
+fi
+echo "[reproduce] done; see results/LEADERBOARD.md"

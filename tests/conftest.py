@@ -1,0 +1,138 @@
+"""Seeded, tiny synthetic fixtures in the real dataset layouts (in the style of TorchIO's tests)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_volume(path: Path, shape=(24, 28, 24), spacing=2.0, seed: int = 0, kind: str = "ok",
+                 dtype=np.int16) -> Path:
+    """Write a synthetic head-like NIfTI: a bright ellipsoid on a dark background.
+
+    ``kind``: ``ok``, ``nan``, ``blank``, ``4d``, ``2d``, ``truncated``, ``not_nifti``, ``empty``,
+    ``tiny_spacing``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path
+    if kind == "not_nifti":
+        path.write_bytes(gzip.compress(b"this is a text file, not an image\n" * 20))
+        return path
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    inside = (grid ** 2).sum(0) < 0.6
+    data = (inside * (100 + 20 * rng.standard_normal(shape))).clip(0).astype(np.float32)
+    if kind == "nan":
+        data[3, 3, 3] = np.nan
+        dtype = np.float32
+    elif kind == "blank":
+        data[:] = 0
+    elif kind == "4d":
+        data = np.stack([data, data], axis=-1)
+    elif kind == "2d":
+        data = data[:, :, shape[2] // 2]
+    zooms = (spacing,) * data.ndim if kind != "tiny_spacing" else (0.001,) * data.ndim
+    affine = np.diag([zooms[0], zooms[1], zooms[min(2, data.ndim - 1)], 1.0])
+    img = nib.Nifti1Image(data.astype(dtype), affine)
+    img.header.set_zooms(zooms)
+    nib.save(img, str(path))
+    if kind == "truncated":
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
+def write_ixi_xls(path: Path, rows: list[tuple]) -> Path:
+    """Write an ``IXI.xls``-style sheet: (IXI_ID, SEX_ID, AGE or None)."""
+    import xlwt
+
+    book = xlwt.Workbook()
+    sheet = book.add_sheet("Table")
+    for c, name in enumerate(["IXI_ID", "SEX_ID (1=m, 2=f)", "HEIGHT", "AGE"]):
+        sheet.write(0, c, name)
+    for r, (ixi_id, sex, age) in enumerate(rows, start=1):
+        sheet.write(r, 0, ixi_id)
+        sheet.write(r, 1, sex)
+        sheet.write(r, 2, 170)
+        if age is not None:
+            sheet.write(r, 3, age)
+    book.save(str(path))
+    return path
+
+
+@pytest.fixture
+def ixi_official(tmp_path: Path) -> Path:
+    """Official IXI layout: IXI-T1/IXInnn-Site-nnnn-T1.nii.gz + IXI.xls with a duplicate and a missing age."""
+    root = tmp_path / "ixi"
+    for i, (num, site) in enumerate([(2, "Guys"), (12, "HH"), (13, "HH"), (14, "IOP"), (15, "Guys")]):
+        write_volume(root / "IXI-T1" / f"IXI{num:03d}-{site}-{1000 + i:04d}-T1.nii.gz", seed=i)
+    write_ixi_xls(root / "IXI.xls", [(2, 2, 35.8), (12, 1, 38.78), (13, 1, 46.7), (13, 2, 50.1), (14, 2, None),
+                                    (15, 1, 24.28), (15, 1, 24.28), (99, 1, 60.0)])
+    return root
+
+
+@pytest.fixture
+def ixi_hh(tmp_path: Path) -> Path:
+    """The 2 mm HH subset layout: T1/, DLMUSE/ label maps, IXI_Demog.csv."""
+    root = tmp_path / "ixi_hh"
+    lines = ["MRID,Age,Sex"]
+    for i in range(6):
+        mrid = f"IXI{100 + i:03d}-HH-{2000 + i}"
+        write_volume(root / "T1" / f"{mrid}_T1.nii.gz", seed=i)
+        write_volume(root / "DLMUSE" / f"{mrid}_T1_DLMUSE.nii.gz", seed=i)
+        if i < 5:
+            lines.append(f"{mrid},{20.5 + 10 * i},{'MF'[i % 2]}")
+    (root / "IXI_Demog.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def ds000228(tmp_path: Path) -> Path:
+    """ds000228 layout: participants.tsv + derivatives/preprocessed_data with analysis masks (with NaN)."""
+    root = tmp_path / "ds000228"
+    rows = ["participant_id\tAge\tAgeGroup\tGender\tScanlog: Scanner"]
+    groups = ["3yo", "4yo", "7yo", "8-12yo", "Adult", "Adult"]
+    for i, group in enumerate(groups):
+        pid = f"sub-pixar{i + 1:03d}"
+        age = {"3yo": "3,6", "4yo": "4.5", "7yo": "7.2", "8-12yo": "10.1", "Adult": "25"}[group]
+        rows.append(f"{pid}\t{age}\t{group}\t{'MF'[i % 2]}\t3T1")
+        if i < 5:
+            d = root / "derivatives" / "preprocessed_data" / pid
+            write_volume(d / f"{pid}_normed_anat.nii.gz", shape=(20, 24, 18), seed=i)
+            mask = write_volume(d / f"{pid}_analysis_mask.nii.gz", shape=(20, 24, 18), seed=i, kind="nan", dtype=np.float32)
+            assert mask.exists()
+    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def bids(tmp_path: Path) -> Path:
+    """Generic BIDS: one subject with two sessions (ages in sessions.tsv), one without sessions."""
+    root = tmp_path / "mybids"
+    (root).mkdir()
+    (root / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t30\tM\nsub-02\tn/a\tF\nsub-03\t41,5\tF\n")
+    write_volume(root / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz", seed=1)
+    write_volume(root / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii.gz", seed=2)
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\nses-1\t30.0\nses-2\t32.5\n")
+    write_volume(root / "sub-02" / "anat" / "sub-02_T1w.nii.gz", seed=3)
+    write_volume(root / "sub-04" / "anat" / "sub-04_T1w.nii.gz", seed=4)
+    return root
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data folder; skips (with the reason shown) when it is absent."""
+    root = Path(os.environ.get("DATA_ROOT", SHARED_DATA))
+    if not (root / "ixi_hh").is_dir() or not (root / "ds000228").is_dir():
+        pytest.skip(f"real data not found at {root} (set DATA_ROOT); real-data smoke test skipped")
+    return root

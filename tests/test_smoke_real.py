@@ -1,0 +1,60 @@
+"""End-to-end smoke run on the real data in ../shared/data: a few subjects, one epoch, small size.
+
+Skipped, with the reason shown, only when that folder is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import torch
+
+from resnet3d import predict as predict_cli
+from resnet3d import train as train_cli
+
+REPO_RESULTS = "results"
+
+
+def test_resnet3d_smoke_on_real_ixi(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(shared_data))
+    results = tmp_path / "results"
+    shutil.copytree(f"{REPO_RESULTS}/splits", results / "splits")
+    run_dir = train_cli.train(dataset="ixi_hh", profile="cpu", epochs=1, batch_size=2, image_size=32, spacing_mm=6.0,
+                              widths="8,16,16,32", max_per_split=4, run_name="smoke", runs_dir=str(tmp_path / "runs"),
+                              results_dir=str(results), cache_dir=str(tmp_path / "cache"))
+    run = tmp_path / "runs" / "resnet3d" / "ixi_hh" / "smoke"
+    assert run_dir == str(run)
+    for name in ["config.json", "metrics.csv", "best.pt", "last.pt", "predictions_val.csv", "predictions_test.csv",
+                 "metrics_test.json", "scatter_test.png", "training_curves.png", "exclusions.csv"]:
+        assert (run / name).exists(), name
+    assert list(run.glob("events.out.tfevents.*")), "TensorBoard events"
+    result = json.loads((results / "resnet3d__ixi_hh.json").read_text())
+    assert result["n_subjects"] == {"train": 4, "val": 4, "test": 4}
+    assert result["profile"] == "cpu" and result["split_sha256"]
+    test = pd.read_csv(run / "predictions_test.csv")
+    assert len(test) == 4 and test["predicted_age"].notna().all()
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["bias_correction"]["fitted_on"] == "val"
+    assert ckpt["preprocess"]["shape"] == [32, 32, 32] or tuple(ckpt["preprocess"]["shape"]) == (32, 32, 32)
+
+    # Prediction for users: a labelled scan, an unlabeled one, and a broken file (reported, not fatal).
+    manifest = pd.read_csv(shared_data / "ixi_hh" / "IXI_Demog.csv")
+    t1 = shared_data / "ixi_hh" / "T1"
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes((t1 / "IXI012-HH-1211_T1.nii.gz").read_bytes()[:5000])
+    table = pd.DataFrame({
+        "image_path": [str(t1 / "IXI012-HH-1211_T1.nii.gz"), str(t1 / "IXI013-HH-1212_T1.nii.gz"),
+                       str(t1 / "IXI637-HH-2785_T1.nii.gz"), str(broken)],
+        "age": [manifest.set_index("MRID").loc["IXI012-HH-1211", "Age"],
+                manifest.set_index("MRID").loc["IXI013-HH-1212", "Age"], "", "40"],
+    })
+    table.to_csv(tmp_path / "inputs.csv", index=False)
+    out = predict_cli.main(checkpoint=str(run / "best.pt"), inputs=str(tmp_path / "inputs.csv"),
+                           output_dir=str(tmp_path / "pred"), cache_dir=str(tmp_path / "cache"))
+    pred = pd.read_csv(out)
+    assert len(pred) == 3 and pred["predicted_age_corrected"].notna().all()
+    excluded = pd.read_csv(tmp_path / "pred" / "excluded.csv")
+    assert len(excluded) == 1 and "truncated" in excluded["reason"].iloc[0]
+    assert (tmp_path / "pred" / "metrics.json").exists() and (tmp_path / "pred" / "scatter.png").exists()
