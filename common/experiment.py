@@ -63,3 +63,20 @@ def labelled_split_frame(dataset: str, data_root: str | None, results_dir: str |
 def default_run_name(profile: str) -> str:
     """``<profile>-YYYYmmdd-HHMMSS`` (UTC)."""
     return f"{profile}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def int_tuple(value: object) -> tuple[int, ...]:
+    """Parse ``"64,128"``, ``(64, 128)`` (what fire makes of ``--x=64,128``), ``64`` or ``""`` into ints.
+
+    Raises:
+        ValueError: an element is not an integer.
+    """
+    if value is None or value == "":
+        return ()
+    if isinstance(value, (int, float)):
+        return (int(value),)
+    items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").split(",")
+    try:
+        return tuple(int(str(v).strip()) for v in items if str(v).strip() != "")
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {value!r}") from None

@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> Path:
     """Call ``write(fh)`` on a temporary file next to ``path`` and rename it into place.
@@ -20,6 +23,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)

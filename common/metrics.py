@@ -121,3 +121,54 @@ def brain_age_report(age: np.ndarray, predicted_age: np.ndarray, correction: Bia
         "mae_ratio_to_mean_predictor": raw["mae"] / mean_mae if mean_mae > 0 else float("nan"),
         "bias_correction": correction.to_dict(),
     }
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
+                           n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Accuracy, balanced accuracy, macro-F1, per-class recall (each with a bootstrap 95% CI),
+    the confusion matrix (rows: true class, columns: predicted, in ``class_names`` order) and the
+    majority-class rate of ``y_true``.
+
+    Args:
+        y_true, y_pred: integer class indices into ``class_names``, shape (N,).
+
+    Raises:
+        ValueError: mismatched shapes or indices outside ``class_names``.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, recall_score
+
+    y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
+    k = len(class_names)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1D of equal length, got {y_true.shape} and {y_pred.shape}")
+    if len(y_true) and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= k):
+        raise ValueError(f"class indices must lie in [0, {k})")
+    labels = list(range(k))
+
+    def scores(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+        recalls = recall_score(t, p, labels=labels, average=None, zero_division=np.nan)
+        return np.array([accuracy_score(t, p), balanced_accuracy_score(t, p) if len(set(t)) > 1 else np.nan,
+                         f1_score(t, p, labels=labels, average="macro", zero_division=0), *recalls])
+
+    point = scores(y_true, y_pred)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_resamples):
+        i = rng.integers(0, len(y_true), len(y_true))
+        with np.errstate(all="ignore"):
+            boot.append(scores(y_true[i], y_pred[i]))
+    boot = np.array(boot)
+    lo, hi = np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)
+    counts = np.bincount(y_true, minlength=k)
+    out = {
+        "accuracy": float(point[0]), "accuracy_ci95": [float(lo[0]), float(hi[0])],
+        "balanced_accuracy": float(point[1]), "balanced_accuracy_ci95": [float(lo[1]), float(hi[1])],
+        "macro_f1": float(point[2]), "macro_f1_ci95": [float(lo[2]), float(hi[2])],
+        "per_class_recall": {c: float(point[3 + j]) for j, c in enumerate(class_names)},
+        "per_class_recall_ci95": {c: [float(lo[3 + j]), float(hi[3 + j])] for j, c in enumerate(class_names)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "class_names": list(class_names),
+        "majority_class_rate": float(counts.max() / max(len(y_true), 1)),
+        "n": int(len(y_true)),
+    }
+    return out

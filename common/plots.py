@@ -34,8 +34,9 @@ def scatter_predicted_vs_age(age: np.ndarray, predicted: np.ndarray, path: str |
     return Path(path)
 
 
-def training_curves(metrics_csv: str | Path, path: str | Path, title: str) -> Path:
-    """Train/val loss and validation MAE per epoch from a run's ``metrics.csv``."""
+def training_curves(metrics_csv: str | Path, path: str | Path, title: str, metric: str = "mae/val",
+                    metric_label: str = "validation MAE (years)") -> Path:
+    """Train/val loss and the validation selection metric per epoch from a run's ``metrics.csv``."""
     m = pd.read_csv(metrics_csv)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     axes[0].plot(m["epoch"], m["loss/train"], label="train")
@@ -43,10 +44,30 @@ def training_curves(metrics_csv: str | Path, path: str | Path, title: str) -> Pa
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("loss")
     axes[0].legend()
-    axes[1].plot(m["epoch"], m["mae/val"])
+    axes[1].plot(m["epoch"], m[metric])
     axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("validation MAE (years)")
+    axes[1].set_ylabel(metric_label)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def confusion_matrix_plot(matrix: list[list[int]], class_names: list[str], path: str | Path, title: str) -> Path:
+    """Confusion matrix (rows: true class, columns: predicted) with counts and row-normalised colour."""
+    m = np.asarray(matrix, float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2.5, 1.1 * len(class_names) + 2))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -53,13 +53,15 @@ def write_result(results_dir: str | Path, *, method: str, method_label: str, sou
                  task: str, profile: str, metrics: dict, source_reported: dict | None, n_subjects: dict,
                  parameters: dict, n_parameters: int | None, wall_time_s: float, environment: dict,
                  commit: str, run_dir: str | Path, notes: list[str] | None = None,
-                 subject_split: bool = True) -> Path:
+                 subject_split: bool = True, readme_folder: str | None = None) -> Path:
     """Write ``results/<method>__<dataset>.json`` (DESIGN.md "Runs and results").
 
     Args:
         metrics: the test-split report (e.g. :func:`common.metrics.brain_age_report`).
         source_reported: the number(s) the method's source reports, with their setting.
         notes: deviations or caveats that must travel with the number (e.g. random-init weights).
+        subject_split: False for datasets kept in their published image-level folders.
+        readme_folder: method folder whose README gets this row (default: ``method``).
     """
     doc = {
         "method": method,
@@ -82,6 +84,7 @@ def write_result(results_dir: str | Path, *, method: str, method_label: str, sou
         "commit": commit,
         "run_dir": str(run_dir),
         "notes": notes or [],
+        "readme_folder": readme_folder or method,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return write_json(Path(results_dir) / f"{method}__{dataset}.json", doc)

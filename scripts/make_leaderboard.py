@@ -71,11 +71,43 @@ def brain_age_table(docs: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def classification_table(docs: list[dict]) -> str:
+    rows = [
+        "| dataset | method | profile | split | subjects train/val/test | test accuracy [95% CI] | balanced accuracy | "
+        "macro-F1 | per-class recall | majority-class rate | source reported | params | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in docs:
+        m = d["metrics"]
+        n = d["n_subjects"]
+        recall = ", ".join(f"{c} {_f(v)}" for c, v in m["per_class_recall"].items())
+        split = "subject-level" if d.get("subject_split", True) else "**not subject-split**"
+        rows.append(
+            f"| {d['dataset']} | {d.get('method_label', d['method'])} | {d['profile']} | {split} | "
+            f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)} | {_f(m['accuracy'], 3)}{_ci3(m.get('accuracy_ci95'))} | "
+            f"{_f(m['balanced_accuracy'], 3)} | {_f(m['macro_f1'], 3)} | {recall} | {_f(m['majority_class_rate'], 3)} | "
+            f"{_reported(d.get('source_reported'))} | {_f((d.get('n_parameters') or 0) / 1e6, 1)} M | "
+            f"{_f(d['wall_time_s'] / 60, 1)} min |")
+    return "\n".join(rows)
+
+
+def _ci3(ci) -> str:
+    return f" [{_f(ci[0], 3)}, {_f(ci[1], 3)}]" if ci and None not in ci else ""
+
+
 def render(docs: list[dict]) -> str:
     """The leaderboard markdown (without the README markers)."""
     brain = [d for d in docs if d.get("task") == "brain_age"]
-    out = ["### Brain age (test split of the shared subject-level splits; bias correction fitted on validation)", ""]
-    out.append(brain_age_table(brain) if brain else "_no results yet_")
+    classification = [d for d in docs if d.get("task") == "classification"]
+    out = []
+    if brain or not classification:
+        out += ["### Brain age (test split of the shared subject-level splits; bias correction fitted on validation)", ""]
+        out.append(brain_age_table(brain) if brain else "_no results yet_")
+    if classification:
+        out += ["", "### Classification (test split; checkpoint chosen on validation)", "",
+                classification_table(classification)]
+    if out[0] == "":
+        out = out[1:]
     notes = sorted({f"{d['method']} / {d['dataset']}: {n}" for d in docs for n in d.get("notes", [])})
     if notes:
         out += ["", "Notes carried by the result files:", ""] + [f"- {n}" for n in notes]
@@ -85,28 +117,47 @@ def render(docs: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(results_dir: str = "results", readme: str = "README.md") -> None:
-    """Write ``<results_dir>/LEADERBOARD.md`` and replace the README block between the markers.
+def replace_block(path: Path, start: str, end: str, body: str) -> bool:
+    """Replace the text between ``start`` and ``end`` in ``path``; returns True if it changed.
+
+    Files without both markers are left alone. Unchanged content is not rewritten.
+    """
+    if not path.exists():
+        return False
+    content = path.read_text()
+    if start not in content or end not in content:
+        return False
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{body}{end}{tail}"
+    if new == content:
+        return False
+    write_text(path, new)
+    return True
+
+
+def main(results_dir: str = "results", readme: str = "README.md", method_readmes: bool = True) -> None:
+    """Write ``<results_dir>/LEADERBOARD.md`` and replace the generated README blocks.
 
     Args:
         results_dir: folder with ``<method>__<dataset>.json`` files.
         readme: README whose block between ``<!-- leaderboard:start -->`` and
             ``<!-- leaderboard:end -->`` is replaced (skipped when the file has no markers).
+        method_readmes: also fill ``<!-- results:start -->``/``<!-- results:end -->`` in each
+            method's README (next to ``readme``) with that method's rows.
     """
-    body = render(load_results(results_dir))
+    docs = load_results(results_dir)
+    body = render(docs)
     board = Path(results_dir) / "LEADERBOARD.md"
     text = "# Leaderboard\n\n" + body
     if not board.exists() or board.read_text() != text:
         write_text(board, text)
-    path = Path(readme)
-    if path.exists():
-        content = path.read_text()
-        if START in content and END in content:
-            head, rest = content.split(START, 1)
-            _, tail = rest.split(END, 1)
-            new = f"{head}{START}\n{body}{END}{tail}"
-            if new != content:
-                write_text(path, new)
+    replace_block(Path(readme), START, END, body)
+    if method_readmes:
+        root = Path(readme).parent
+        for folder in sorted({d.get("readme_folder", d["method"]) for d in docs}):
+            mine = [d for d in docs if d.get("readme_folder", d["method"]) == folder]
+            replace_block(root / folder / "README.md", "<!-- results:start -->", "<!-- results:end -->", render(mine))
     print(f"wrote {board}")
 
 

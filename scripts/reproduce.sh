@@ -5,7 +5,7 @@
 #   bash scripts/reproduce.sh
 #   METHODS=resnet3d DATASETS=ixi_hh PROFILE=cpu bash scripts/reproduce.sh
 #
-# METHODS   space/comma-separated subset of: resnet3d            (default: all)
+# METHODS   space/comma-separated subset of: resnet3d midslice_classifier   (default: all)
 # DATASETS  space/comma-separated subset of: ixi_hh ds000228     (default: all a method applies to)
 # PROFILE   paper | cpu   (default: paper with a CUDA GPU, else cpu)
 # DATA_ROOT data folder   (default: ../shared/data, else data/)
@@ -24,7 +24,7 @@ if [[ -z "${DATA_ROOT:-}" ]]; then
 fi
 export DATA_ROOT
 PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; print(default_profile())')}"
-ALL_METHODS="resnet3d"
+ALL_METHODS="resnet3d midslice_classifier"
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
@@ -32,7 +32,7 @@ echo "[reproduce] DATA_ROOT=$DATA_ROOT PROFILE=$PROFILE METHODS=$METHODS DATASET
 
 python scripts/make_splits.py --datasets="${DATASETS// /,}"
 
-declare -A APPLIES=( [resnet3d]="ixi_hh ds000228" )
+declare -A APPLIES=( [resnet3d]="ixi_hh ds000228" [midslice_classifier]="ds000228" )
 failed=()
 for method in $METHODS; do
   [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS)" >&2; exit 2; }
@@ -50,6 +50,12 @@ for method in $METHODS; do
     fi
   done
 done
+
+# The mid-slice classifier's 3-class question answered by the brain-age regressor, same test subjects.
+if [[ " $METHODS " == *" midslice_classifier "* && " $DATASETS " == *" ds000228 "* && -f results/resnet3d__ds000228.json ]]; then
+  python -m midslice_classifier.from_brain_age --source_method=resnet3d > "$LOG_DIR/resnet3d_agegroups__ds000228.log" 2>&1 \
+    || { echo "[reproduce] resnet3d age-group row FAILED; see $LOG_DIR/resnet3d_agegroups__ds000228.log" >&2; failed+=("resnet3d_agegroups"); }
+fi
 
 python scripts/make_leaderboard.py
 if (( ${#failed[@]} )); then

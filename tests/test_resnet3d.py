@@ -72,3 +72,13 @@ def test_checkpoint_from_another_method_is_refused(tmp_path):
         load_checkpoint(tmp_path / "x.pt", "resnet3d")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt", "resnet3d")
+
+
+def test_augmentation_flip_axes():
+    from monai.transforms import RandFlip
+
+    from resnet3d.train import _augmentation
+
+    assert [t.flipper.spatial_axis for t in _augmentation(0, (0, 1, 2)).transforms if isinstance(t, RandFlip)] == [0, 1, 2]
+    assert [t.flipper.spatial_axis for t in _augmentation(0, (0,)).transforms if isinstance(t, RandFlip)] == [0]
+    assert PROFILES["paper"]["flip_axes"] == "0,1,2", "the source flips along every axis"

@@ -58,3 +58,28 @@ def test_resnet3d_smoke_on_real_ixi(shared_data, tmp_path, monkeypatch):
     excluded = pd.read_csv(tmp_path / "pred" / "excluded.csv")
     assert len(excluded) == 1 and "truncated" in excluded["reason"].iloc[0]
     assert (tmp_path / "pred" / "metrics.json").exists() and (tmp_path / "pred" / "scatter.png").exists()
+
+
+def test_midslice_and_brain_age_groups_smoke_on_real_ds000228(shared_data, tmp_path, monkeypatch):
+    from midslice_classifier import from_brain_age
+    from midslice_classifier import train as midslice_cli
+
+    monkeypatch.setenv("DATA_ROOT", str(shared_data))
+    results = tmp_path / "results"
+    shutil.copytree(f"{REPO_RESULTS}/splits", results / "splits")
+    run = midslice_cli.train(epochs=1, max_per_split=4, run_name="smoke", runs_dir=str(tmp_path / "runs"),
+                             results_dir=str(results), cache_dir=str(tmp_path / "cache"))
+    for name in ["best.pt", "metrics.csv", "predictions_test.csv", "metrics_test.json", "confusion_test.png"]:
+        assert (tmp_path / "runs" / "midslice_resnet18" / "ds000228" / "smoke" / name).exists(), name
+    assert (tmp_path / "cache" / "midslice" / "montage.png").exists()
+    doc = json.loads((results / "midslice_resnet18__ds000228.json").read_text())
+    assert doc["task"] == "classification" and doc["metrics"]["n"] == 4
+    assert set(pd.read_csv(f"{run}/predictions_test.csv").columns) == {
+        "participant_id", "label", "pred", "prob_Ages3-5", "prob_Ages7-12", "prob_Adults"}
+
+    train_cli.train(dataset="ds000228", profile="cpu", epochs=1, batch_size=2, image_size=32, spacing_mm=6.0,
+                    widths="8,16,16,32", max_per_split=4, run_name="smoke", runs_dir=str(tmp_path / "runs"),
+                    results_dir=str(results), cache_dir=str(tmp_path / "cache"))
+    from_brain_age.main(results_dir=str(results))
+    derived = json.loads((results / "resnet3d_agegroups__ds000228.json").read_text())
+    assert derived["metrics"]["n"] == 4 and derived["readme_folder"] == "midslice_classifier"

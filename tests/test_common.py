@@ -1,0 +1,89 @@
+"""Device selection, the torchvision hook, crash-safe writes, data-root discovery, run logging."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common import device as device_mod
+from common.io import atomic_write, write_json
+from common.paths import DataRootNotFound, find_data_root
+
+
+def test_select_device_cpu_and_errors(monkeypatch):
+    assert device_mod.select_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_mod.select_device("auto").type in {"cpu", "mps"}
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        device_mod.select_device("cuda")
+
+
+def test_autocast_dtype_follows_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: False)
+    assert device_mod.autocast_dtype(cpu) is None, "no bf16 autocast on CPUs that emulate it"
+    monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: True)
+    assert device_mod.autocast_dtype(cpu) == torch.bfloat16
+    assert device_mod.autocast_dtype(cpu, enabled=False) is None
+    assert device_mod.autocast_dtype(torch.device("cuda")) == torch.float16
+
+
+def test_torchvision_models_import():
+    """The set-up's torchvision hook (or a matching build) makes the pure-Python models usable."""
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    assert model.fc.in_features == 512
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = write_json(tmp_path / "r.json", {"a": 1})
+
+    def boom(fh):
+        fh.write("partial")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"], "no temporary file left behind"
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    path = write_json(tmp_path / "x.json", {"v": float("nan"), "t": torch.tensor(2.5)})
+    assert '"v": null' in path.read_text() and '"t": 2.5' in path.read_text()
+
+
+def test_find_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+    assert find_data_root() == tmp_path
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path / "missing"))
+    with pytest.raises(DataRootNotFound, match="fetch_data.py"):
+        find_data_root()
+    assert find_data_root(str(tmp_path)) == tmp_path
+
+
+@pytest.mark.parametrize("value, expected", [("64,128", (64, 128)), ((64, 128), (64, 128)), (0, (0,)), ("", ()),
+                                             ("0", (0,)), ([1, "2"], (1, 2))])
+def test_int_tuple_accepts_what_fire_passes(value, expected):
+    from common.experiment import int_tuple
+
+    assert int_tuple(value) == expected
+
+
+def test_int_tuple_rejects_text():
+    from common.experiment import int_tuple
+
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        int_tuple("a,b")
+
+
+def test_resolve_profile_rejects_unknown_settings():
+    from common.experiment import resolve_profile
+
+    profiles = {"cpu": {"lr": 1.0, "epochs": 2}}
+    assert resolve_profile(profiles, "cpu", {"lr": None, "epochs": 5}) == {"lr": 1.0, "epochs": 5}
+    with pytest.raises(ValueError, match="unknown profile"):
+        resolve_profile(profiles, "gpu", {})
+    with pytest.raises(ValueError, match="not a profile setting"):
+        resolve_profile(profiles, "cpu", {"lrr": 3})
