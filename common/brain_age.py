@@ -1,18 +1,32 @@
-"""End of a brain-age run: predictions, validation-fitted bias correction, test report, plots,
-result JSON. Shared by every brain-age regressor so they are evaluated identically."""
+"""Brain-age runs shared by every 3D regressor, so they are trained and evaluated identically:
+the run skeleton (:func:`train_brain_age`, :func:`evaluate_brain_age`) and the end of a run
+(predictions, validation-fitted bias correction, test report, plots, result JSON)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
-from common.io import write_json
+from common.data.datasets import VolumeDataset
+from common.data.preprocess import VolumeSpec, prepare_volumes
+from common.device import autocast_dtype, configure_cpu_threads, select_device
+from common.experiment import default_run_name, labelled_split_frame
+from common.io import save_torch, write_json
 from common.metrics import BiasCorrection, brain_age_report
-from common.plots import scatter_predicted_vs_age
+from common.plots import scatter_predicted_vs_age, training_curves
 from common.results import brain_age_predictions, split_counts, write_predictions, write_result
+from common.runlog import RunLogger, git_commit
+from common.training import VAL_MAE, FitConfig, Selection, fit_model, load_checkpoint, predict
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +77,121 @@ def report_brain_age(frame: pd.DataFrame, predicted_age: np.ndarray, run_dir: st
 def publish_brain_age_result(results_dir: str | Path, frame: pd.DataFrame, report: dict, **kwargs) -> Path:
     """Write ``results/<method>__<dataset>.json`` for a brain-age run (see :func:`write_result`)."""
     return write_result(results_dir, task="brain_age", metrics=report, n_subjects=split_counts(frame), **kwargs)
+
+
+@dataclass
+class RegressorSetup:
+    """What a method contributes to :func:`train_brain_age`.
+
+    Attributes:
+        model: maps (B, 1, D, H, W) -> (B,) age in years.
+        optimizer, scheduler: stepped by :func:`common.training.fit_model` (scheduler per epoch).
+        loss_fn: ``loss_fn(predicted_years, age_years)``.
+        augment: training augmentation factory ``seed -> transform`` (or None).
+        checkpoint_meta: extra checkpoint entries, at least ``model_args`` needed to rebuild the model.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loss_fn: Callable
+    augment: Callable | None
+    checkpoint_meta: dict
+
+
+def volume_loader(frame: pd.DataFrame, batch_size: int, train: bool, seed: int, augment: Callable | None = None,
+                  ) -> DataLoader:
+    """DataLoader over cached volumes: shuffled with a seeded generator and ``drop_last`` for training."""
+    ds = VolumeDataset(frame, augment=augment(seed) if (train and augment is not None) else None)
+    return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
+                      num_workers=0, generator=torch.Generator().manual_seed(seed))
+
+
+def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: VolumeSpec,
+                    build: Callable[[pd.DataFrame], RegressorSetup], seed: int, device: str, run_name: str | None,
+                    runs_dir: str, results_dir: str, cache_dir: str, data_root: str | None,
+                    max_per_split: int | None, resume: bool, selection: Selection = VAL_MAE,
+                    early_stopping_patience: int | None = None) -> tuple[Path, pd.DataFrame, dict, float]:
+    """Shared training run of a 3D brain-age regressor on the shared split of ``dataset``.
+
+    ``hp`` must hold ``epochs``, ``batch_size``, ``grad_clip``, ``amp`` and ``precise_bn``; every
+    entry is recorded in ``config.json``. ``build(train_frame)`` returns the method's model,
+    optimizer, scheduler, loss and augmentation (it may use training-split statistics only).
+
+    Returns:
+        ``(run_dir, frame, fit, t_start)`` with ``frame`` the usable rows of all splits.
+
+    Raises:
+        FileExistsError: the run folder holds a run and ``resume`` is False.
+        ValueError: fewer than 2 usable training or validation subjects.
+    """
+    t_start = time.time()
+    dev = select_device(device)
+    if dev.type == "cpu":
+        configure_cpu_threads()
+    if resume and not run_name:
+        raise ValueError("--resume needs --run_name of the run to continue")
+    run_name = run_name or default_run_name(profile)
+    run_dir = Path(runs_dir) / method / dataset / run_name
+    if run_dir.exists() and not resume and (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
+    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
+    frame = prepare_volumes(frame, spec, cache_dir, exclusions)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    exclusions.write(run_dir / "exclusions.csv")
+    train_frame, val_frame = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
+    if len(train_frame) < 2 or len(val_frame) < 2:
+        raise ValueError(f"too few usable subjects: {len(train_frame)} train, {len(val_frame)} val")
+    amp_dtype = autocast_dtype(dev, hp["amp"])
+    config = {"method": method, "dataset": dataset, "profile": profile, **hp, "seed": seed, "amp_dtype": str(amp_dtype),
+              "run_dir": str(run_dir), "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir,
+              "max_per_split": max_per_split, "preprocess": spec.to_dict(),
+              "n_images": {s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")}}
+    logger = RunLogger(run_dir, config, dev, resume=resume)
+    torch.manual_seed(seed)
+    setup = build(train_frame)
+    setup.model.to(dev)
+    train_mean = float(train_frame["age"].mean())
+    meta = {"method": method, "preprocess": spec.to_dict(), "train_mean_age": train_mean, "dataset": dataset,
+            "commit": git_commit(), **setup.checkpoint_meta}
+    fit = fit_model(
+        setup.model, setup.optimizer, setup.scheduler, setup.loss_fn,
+        volume_loader(train_frame, hp["batch_size"], True, seed, setup.augment), volume_loader(val_frame, 8, False, seed),
+        dev, FitConfig(epochs=hp["epochs"], grad_clip=hp["grad_clip"], amp_dtype=amp_dtype, seed=seed,
+                       precise_bn=hp["precise_bn"], early_stopping_patience=early_stopping_patience),
+        run_dir, logger, meta, resume=resume, bn_loader=volume_loader(train_frame, 8, False, seed), selection=selection)
+    logger.close()
+    training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{method} on {dataset} ({profile})",
+                    metric=selection.name)
+    log.info("training done: best %s %.3f at epoch %d (%.0f s)", selection.name, fit["best_val"], fit["best_epoch"],
+             fit["train_seconds"])
+    return run_dir, frame, fit, t_start
+
+
+def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: Callable[[dict], nn.Module],
+                       device: str = "auto", frame: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame, dict, nn.Module]:
+    """Test a finished run: predict val and test with ``best.pt``, fit the bias correction on
+    validation, report on test, and store the correction in ``best.pt``.
+
+    Returns:
+        ``(report, frame, config, model)``.
+    """
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    dev = select_device(device)
+    ckpt = load_checkpoint(run_dir / "best.pt", method)
+    if frame is None:
+        frame, exclusions = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"],
+                                                 cfg["max_per_split"])
+        frame = prepare_volumes(frame, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"], exclusions)
+    frame = frame[frame["split"].isin(["train", "val", "test"])].reset_index(drop=True)
+    model = model_from_checkpoint(ckpt).to(dev)
+    model.load_state_dict(ckpt["model_state"])
+    eval_frame = frame[frame["split"].isin(["val", "test"])].reset_index(drop=True)
+    idx, _, pred = predict(model, volume_loader(eval_frame, 8, False, 0), dev, autocast_dtype(dev, cfg["amp"]))
+    predicted = np.empty(len(eval_frame))
+    predicted[idx] = pred
+    report, correction = report_brain_age(eval_frame, predicted, run_dir, f"{method} on {cfg['dataset']} ({cfg['profile']})",
+                                          train_mean_age=ckpt["train_mean_age"])
+    save_torch(run_dir / "best.pt", {**ckpt, "bias_correction": correction.to_dict()})
+    return report, frame, cfg, model

@@ -6,6 +6,7 @@ Layout: ``runs/<method>/<dataset>/<run_name>/`` (DESIGN.md "Runs and results").
 from __future__ import annotations
 
 import csv
+import functools
 import platform
 import subprocess
 import sys
@@ -16,8 +17,13 @@ import torch
 from common.io import write_json
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Current git commit (with ``-dirty`` if the tree has changes), or ``"unknown"``."""
+    """Git commit of the code this process runs (``-dirty`` if tracked files differ), or ``"unknown"``.
+
+    Taken once per process, at the first call (run start), so edits made to the tree while a long
+    run is going do not change what that run records.
+    """
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -68,6 +74,24 @@ class RunLogger:
             self.metrics_path.unlink()
         self.writer = SummaryWriter(log_dir=str(self.run_dir))
         self._fields: list[str] | None = None
+
+    def truncate(self, before_epoch: int) -> None:
+        """Keep only ``metrics.csv`` rows of epochs before ``before_epoch`` (on resume: rows written
+        after the last checkpoint, or a half-written last line from a killed run, are dropped)."""
+        if not self.metrics_path.exists():
+            return
+        import pandas as pd
+
+        from common.io import write_csv
+
+        try:
+            rows = pd.read_csv(self.metrics_path, on_bad_lines="skip")
+        except pd.errors.EmptyDataError:
+            self.metrics_path.unlink()
+            return
+        rows = rows[pd.to_numeric(rows["epoch"], errors="coerce") < before_epoch]
+        write_csv(self.metrics_path, rows)
+        self._fields = list(rows.columns)
 
     def log_epoch(self, epoch: int, scalars: dict[str, float]) -> None:
         """Append one row to ``metrics.csv`` and write ``scalars`` (names like ``loss/train``)

@@ -176,6 +176,42 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtyp
     return np.concatenate(idx), np.concatenate(ages), np.concatenate(preds)
 
 
+class WarmupThenPlateau:
+    """Linear warm-up for ``warmup_epochs``, then ``ReduceLROnPlateau`` on the validation score.
+
+    Stepped once per epoch with the validation score (``needs_metric``), as :func:`fit_model` does.
+    """
+
+    needs_metric = True
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_epochs: int, factor: float, patience: int,
+                 min_lr: float, mode: str = "min"):
+        from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
+
+        self.warmup_epochs = warmup_epochs
+        self.epoch = 0
+        self.warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_epochs + 1), total_iters=warmup_epochs) \
+            if warmup_epochs > 0 else None
+        self.plateau = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+
+    def step(self, metric: float) -> None:
+        if self.warmup is not None and self.epoch < self.warmup_epochs:
+            self.warmup.step()
+        else:
+            self.plateau.step(metric)
+        self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "warmup": self.warmup.state_dict() if self.warmup else None,
+                "plateau": self.plateau.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        if self.warmup is not None and state["warmup"] is not None:
+            self.warmup.load_state_dict(state["warmup"])
+        self.plateau.load_state_dict(state["plateau"])
+
+
 @dataclass(frozen=True)
 class Selection:
     """How validation outputs are scored for checkpoint choice, early stopping and plateau LR.
@@ -208,7 +244,13 @@ def accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(outputs.argmax(1) == targets))
 
 
+def mean_squared_error(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """MSE of regression outputs (years^2)."""
+    return float(np.mean((outputs - targets) ** 2))
+
+
 VAL_MAE = Selection("mae/val", mean_absolute_error, "min")
+VAL_MSE = Selection("mse/val", mean_squared_error, "min")
 VAL_ACCURACY = Selection("acc/val", accuracy, "max")
 
 
@@ -239,6 +281,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
         if scaler is not None and ckpt.get("scaler_state") is not None:
             scaler.load_state_dict(ckpt["scaler_state"])
         start_epoch = ckpt["epoch"] + 1
+        logger.truncate(start_epoch)
         best_score, best_epoch, stale = ckpt["best_val"], ckpt["best_epoch"], ckpt["stale_epochs"]
         log.info("resumed from %s at epoch %d (best %s %.4f at epoch %d)", run_dir / "last.pt",
                  start_epoch, selection.name, best_score, best_epoch)
@@ -260,7 +303,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
         _, targets, outputs = predict(model, val_loader, device, cfg.amp_dtype, cfg.channels_last)
         val_loss = float(loss_fn(torch.from_numpy(outputs), torch.from_numpy(targets)))
         score = selection.fn(outputs, targets)
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or getattr(scheduler, "needs_metric", False):
             scheduler.step(score)
         elif scheduler is not None:
             scheduler.step()

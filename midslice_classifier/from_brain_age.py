@@ -88,5 +88,8 @@ def main(source_method: str = "resnet3d", dataset: str = "ds000228", results_dir
     return str(path)
 
 
+#: The command-line interface (fire).
+CLI = main
+
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(CLI)

@@ -239,5 +239,8 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
     return metrics
 
 
+#: The command-line interface (fire).
+CLI = {"train": train, "test": evaluate}
+
 if __name__ == "__main__":
-    fire.Fire({"train": train, "test": evaluate})
+    fire.Fire(CLI)

@@ -17,6 +17,7 @@ import fire
 import numpy as np
 import pandas as pd
 
+from common.brain_age import volume_loader
 from common.data.manifest import Exclusions, make_manifest, parse_age, parse_sex
 from common.data.preprocess import VolumeSpec, prepare_volumes
 from common.device import select_device
@@ -25,8 +26,7 @@ from common.metrics import BiasCorrection, regression_metrics
 from common.plots import scatter_predicted_vs_age
 from common.results import brain_age_predictions, write_predictions
 from common.training import load_checkpoint, predict
-from resnet3d.model import BrainAgeResNet3D
-from resnet3d.train import METHOD, _loader
+from resnet3d.train import METHOD, model_from_checkpoint
 
 log = logging.getLogger("resnet3d.predict")
 
@@ -92,10 +92,10 @@ def main(checkpoint: str, inputs: str, output_dir: str = "predictions", cache_di
     if usable.empty:
         raise ValueError(f"none of the {len(frame)} inputs passed the checks; see {out / 'excluded.csv'}")
     dev = select_device(device)
-    model = BrainAgeResNet3D(dropout=ckpt["model_args"]["dropout"], widths=tuple(ckpt["model_args"]["widths"])).to(dev)
+    model = model_from_checkpoint(ckpt).to(dev)
     model.load_state_dict(ckpt["model_state"])
     usable = usable.assign(split="predict")
-    idx, _, pred = predict(model, _loader(usable, batch_size, False, 0), dev)
+    idx, _, pred = predict(model, volume_loader(usable, batch_size, False, 0), dev)
     predicted = np.empty(len(usable))
     predicted[idx] = pred
     table = brain_age_predictions(usable, predicted, correction)
@@ -115,5 +115,8 @@ def main(checkpoint: str, inputs: str, output_dir: str = "predictions", cache_di
     return str(path)
 
 
+#: The command-line interface (fire).
+CLI = main
+
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(CLI)

@@ -9,26 +9,19 @@ Deviations from it are listed in resnet3d/README.md.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import time
-from pathlib import Path
 
 import fire
-import numpy as np
 import torch
 from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
-from torch.utils.data import DataLoader
 
-from common.brain_age import publish_brain_age_result, report_brain_age
-from common.data.datasets import VolumeDataset
-from common.data.preprocess import VolumeSpec, prepare_volumes
-from common.device import autocast_dtype, configure_cpu_threads, default_profile, select_device
-from common.experiment import default_run_name, int_tuple, labelled_split_frame, resolve_profile
-from common.io import save_torch
-from common.plots import training_curves
-from common.runlog import RunLogger, environment_info, git_commit
-from common.training import FitConfig, fit_model, load_checkpoint, predict
+from common.brain_age import RegressorSetup, evaluate_brain_age, publish_brain_age_result, train_brain_age
+from common.data.preprocess import VolumeSpec
+from common.device import default_profile, select_device
+from common.experiment import int_tuple, resolve_profile
+from common.runlog import environment_info, git_commit
 from resnet3d.model import BrainAgeResNet3D
 
 log = logging.getLogger("resnet3d")
@@ -70,11 +63,9 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup: int, m
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def _loader(frame, batch_size: int, train: bool, seed: int, flip_axes: tuple[int, ...] = (0, 1, 2)) -> DataLoader:
-    ds = VolumeDataset(frame, augment=_augmentation(seed, flip_axes) if train else None)
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
-                      num_workers=0, generator=gen)
+def model_from_checkpoint(ckpt: dict) -> BrainAgeResNet3D:
+    """Rebuild the (untrained) model described by a checkpoint's ``model_args``."""
+    return BrainAgeResNet3D(dropout=ckpt["model_args"]["dropout"], widths=tuple(ckpt["model_args"]["widths"]))
 
 
 def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | None = None,
@@ -127,62 +118,33 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         The run folder.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    t_start = time.time()
     profile = profile or default_profile()
     hp = resolve_profile(PROFILES, profile, dict(
         image_size=image_size, spacing_mm=spacing_mm, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr, huber_delta=huber_delta,
         dropout=dropout, grad_clip=grad_clip, amp=amp, init_bias_to_mean=init_bias_to_mean,
         precise_bn=precise_bn, flip_axes=flip_axes))
-    dev = select_device(device)
-    if dev.type == "cpu":
-        configure_cpu_threads()
-    if resume and not run_name:
-        raise ValueError("--resume needs --run_name of the run to continue")
-    run_name = run_name or default_run_name(profile)
-    run_dir = Path(runs_dir) / METHOD / dataset / run_name
-    if run_dir.exists() and not resume and (run_dir / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
-
-    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
-    spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3)
-    frame = prepare_volumes(frame, spec, cache_dir, exclusions)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    exclusions.write(run_dir / "exclusions.csv")
-    train_frame = frame[frame["split"] == "train"]
-    val_frame = frame[frame["split"] == "val"]
-    if len(train_frame) < 2 or len(val_frame) < 2:
-        raise ValueError(f"too few usable subjects: {len(train_frame)} train, {len(val_frame)} val")
-
-    amp_dtype = autocast_dtype(dev, hp["amp"])
-    width_tuple = int_tuple(widths)
     hp["flip_axes"] = ",".join(str(a) for a in int_tuple(hp["flip_axes"]))
-    config = {"method": METHOD, "dataset": dataset, "profile": profile, **hp, "widths": width_tuple, "seed": seed,
-              "amp_dtype": str(amp_dtype), "run_dir": str(run_dir), "data_root": data_root,
-              "results_dir": results_dir, "cache_dir": cache_dir, "max_per_split": max_per_split,
-              "preprocess": spec.to_dict(), "n_images": {s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")}}
-    logger = RunLogger(run_dir, config, dev, resume=resume)
+    hp["widths"] = list(int_tuple(widths))
+    spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3)
 
-    torch.manual_seed(seed)
-    train_mean = float(train_frame["age"].mean())
-    model = BrainAgeResNet3D(dropout=hp["dropout"], widths=width_tuple,
-                             init_age_bias=train_mean if hp["init_bias_to_mean"] else 0.0).to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    scheduler = _warmup_cosine(optimizer, hp["epochs"], hp["warmup_epochs"], hp["min_lr"])
-    loss_fn = torch.nn.HuberLoss(delta=hp["huber_delta"])
-    meta = {"method": METHOD, "preprocess": spec.to_dict(), "model_args": {"dropout": hp["dropout"], "widths": list(width_tuple)},
-            "train_mean_age": train_mean, "dataset": dataset, "commit": git_commit()}
-    fit = fit_model(
-        model, optimizer, scheduler, loss_fn, _loader(train_frame, hp["batch_size"], True, seed, int_tuple(hp["flip_axes"])),
-        _loader(val_frame, 8, False, seed), dev,
-        FitConfig(epochs=hp["epochs"], grad_clip=hp["grad_clip"], amp_dtype=amp_dtype, seed=seed,
-                  precise_bn=hp["precise_bn"]),
-        run_dir, logger, meta, resume=resume, bn_loader=_loader(train_frame, 8, False, seed))
-    logger.close()
-    training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{METHOD} on {dataset} ({profile})")
-    log.info("training done: best val MAE %.3f at epoch %d (%.0f s)", fit["best_val"], fit["best_epoch"],
-             fit["train_seconds"])
-    evaluate(str(run_dir), publish=publish, _frame=frame, _wall_start=t_start, _fit=fit)
+    def build(train_frame) -> RegressorSetup:
+        train_mean = float(train_frame["age"].mean())
+        model = BrainAgeResNet3D(dropout=hp["dropout"], widths=tuple(hp["widths"]),
+                                 init_age_bias=train_mean if hp["init_bias_to_mean"] else 0.0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        return RegressorSetup(
+            model=model, optimizer=optimizer,
+            scheduler=_warmup_cosine(optimizer, hp["epochs"], hp["warmup_epochs"], hp["min_lr"]),
+            loss_fn=torch.nn.HuberLoss(delta=hp["huber_delta"]),
+            augment=functools.partial(_augmentation, flip_axes=int_tuple(hp["flip_axes"])),
+            checkpoint_meta={"model_args": {"dropout": hp["dropout"], "widths": hp["widths"]}})
+
+    run_dir, frame, fit, t0 = train_brain_age(
+        method=METHOD, dataset=dataset, profile=profile, hp=hp, spec=spec, build=build, seed=seed, device=device,
+        run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir, data_root=data_root,
+        max_per_split=max_per_split, resume=resume)
+    evaluate(str(run_dir), publish=publish, device=device, _frame=frame, _wall_start=t0, _fit=fit)
     return str(run_dir)
 
 
@@ -201,27 +163,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = _wall_start or time.time()
-    run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
-    dev = select_device(device)
-    ckpt = load_checkpoint(run_dir / "best.pt", METHOD)
-    spec = VolumeSpec.from_dict(ckpt["preprocess"])
-    if _frame is None:
-        frame, exclusions = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"])
-        frame = prepare_volumes(frame, spec, cfg["cache_dir"], exclusions)
-    else:
-        frame = _frame
-    frame = frame[frame["split"].isin(["train", "val", "test"])].reset_index(drop=True)
-    model = BrainAgeResNet3D(dropout=ckpt["model_args"]["dropout"], widths=tuple(ckpt["model_args"]["widths"])).to(dev)
-    model.load_state_dict(ckpt["model_state"])
-    amp_dtype = autocast_dtype(dev, cfg["amp"])
-    eval_frame = frame[frame["split"].isin(["val", "test"])].reset_index(drop=True)
-    idx, _, pred = predict(model, _loader(eval_frame, 8, False, 0), dev, amp_dtype)
-    predicted = np.empty(len(eval_frame))
-    predicted[idx] = pred
-    report, correction = report_brain_age(eval_frame, predicted, run_dir, f"{METHOD} on {cfg['dataset']} ({cfg['profile']})",
-                                          train_mean_age=ckpt["train_mean_age"])
-    save_torch(run_dir / "best.pt", {**ckpt, "bias_correction": correction.to_dict()})
+    report, frame, cfg, model = evaluate_brain_age(run_dir, METHOD, model_from_checkpoint, device, _frame)
     if publish:
         params = {k: cfg[k] for k in PROFILES["paper"]} | {"widths": cfg["widths"], "seed": cfg["seed"]}
         notes = [] if cfg["profile"] == "paper" else [
@@ -234,10 +176,13 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
             cfg["results_dir"], frame, report, method=METHOD, method_label=METHOD_LABEL, source=SOURCE,
             dataset=cfg["dataset"], profile=cfg["profile"], source_reported=SOURCE_REPORTED, parameters=params,
             n_parameters=sum(p.numel() for p in model.parameters()), wall_time_s=time.time() - t0,
-            environment=environment_info(dev), commit=git_commit(), run_dir=run_dir, notes=notes)
+            environment=environment_info(select_device(device)), commit=git_commit(), run_dir=run_dir, notes=notes)
         log.info("wrote %s", path)
     return report
 
 
+#: The command-line interface (fire).
+CLI = {"train": train, "test": evaluate}
+
 if __name__ == "__main__":
-    fire.Fire({"train": train, "test": evaluate})
+    fire.Fire(CLI)

@@ -76,22 +76,19 @@ def fetch_ds000228(partial: Path, base: str = OPENNEURO_BASE) -> None:
 FETCHERS = {"ixi": fetch_ixi, "ds000228": fetch_ds000228}
 
 
-def main(datasets: str = "ixi,ds000228", dest: str = str(REPO / "data"), **kwargs) -> None:
+def main(datasets: str = "ixi,ds000228", dest: str = str(REPO / "data"), from_dir: str | None = None) -> None:
     """Fetch datasets into ``dest``/<name>, or link them from a local copy.
 
     Args:
         datasets: comma-separated names: ``ixi`` (official IXI T1 + IXI.xls), ``ds000228``.
         dest: target data folder (use it as DATA_ROOT).
-        from: (spelled ``--from=DIR``) link ``DIR/<name>`` for every dataset folder found there
-            (e.g. ixi_hh, ds000228, alzheimer4) instead of downloading.
+        from_dir: (also spelled ``--from=DIR``) link ``DIR/<name>`` for every dataset folder found
+            there (e.g. ixi_hh, ds000228, alzheimer4) instead of downloading.
     """
-    unknown_kwargs = set(kwargs) - {"from"}
-    if unknown_kwargs:
-        raise TypeError(f"unknown options: {sorted(unknown_kwargs)}")
     dest_dir = Path(dest)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    if kwargs.get("from"):
-        src = Path(kwargs["from"]).expanduser().resolve()
+    if from_dir:
+        src = Path(from_dir).expanduser().resolve()
         if not src.is_dir():
             raise FetchError(f"--from={src} is not a folder")
         linked = 0
@@ -106,7 +103,7 @@ def main(datasets: str = "ixi,ds000228", dest: str = str(REPO / "data"), **kwarg
         if not linked:
             print(f"nothing new linked from {src}")
         return
-    names = datasets.split(",") if isinstance(datasets, str) else list(datasets)
+    names = datasets.split(",") if isinstance(datasets, str) else list(datasets)  # fire turns a,b into a tuple
     for name in names:
         if name not in FETCHERS:
             raise FetchError(f"unknown dataset {name!r}; downloadable: {sorted(FETCHERS)}")
@@ -125,9 +122,14 @@ def main(datasets: str = "ixi,ds000228", dest: str = str(REPO / "data"), **kwarg
         print(f"{name}: complete in {final}")
 
 
+#: The command-line interface (fire).
+CLI = main
+
 if __name__ == "__main__":
+    # `from` is a Python keyword, so `--from=DIR` / `--from DIR` is passed on as `--from_dir`.
+    sys.argv = [("--from_dir" + a[len("--from"):]) if a == "--from" or a.startswith("--from=") else a for a in sys.argv]
     try:
-        fire.Fire(main)
+        fire.Fire(CLI)
     except FetchError as err:
         print(f"fetch_data: {err}", file=sys.stderr)
         sys.exit(1)

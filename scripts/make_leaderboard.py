@@ -161,5 +161,8 @@ def main(results_dir: str = "results", readme: str = "README.md", method_readmes
     print(f"wrote {board}")
 
 
+#: The command-line interface (fire).
+CLI = main
+
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(CLI)

@@ -59,5 +59,8 @@ def main(datasets: str = "ixi_hh,ds000228", data_root: str | None = None, seed: 
         log.info("%s: wrote %s (%s)", name, path, {k: int(v) for k, v in split["split"].value_counts().items()})
 
 
+#: The command-line interface (fire).
+CLI = main
+
 if __name__ == "__main__":
-    fire.Fire(main)
+    fire.Fire(CLI)

@@ -5,7 +5,8 @@
 #   bash scripts/reproduce.sh
 #   METHODS=resnet3d DATASETS=ixi_hh PROFILE=cpu bash scripts/reproduce.sh
 #
-# METHODS   space/comma-separated subset of: resnet3d midslice_classifier   (default: all)
+# METHODS   space/comma-separated subset of: reference resnet3d oasis_resblock vgg16_svr midslice_classifier
+#           (default: all; "reference" = mean-age predictor and ROI ridge)
 # DATASETS  space/comma-separated subset of: ixi_hh ds000228     (default: all a method applies to)
 # PROFILE   paper | cpu   (default: paper with a CUDA GPU, else cpu)
 # DATA_ROOT data folder   (default: ../shared/data, else data/)
@@ -24,7 +25,7 @@ if [[ -z "${DATA_ROOT:-}" ]]; then
 fi
 export DATA_ROOT
 PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; print(default_profile())')}"
-ALL_METHODS="resnet3d midslice_classifier"
+ALL_METHODS="reference resnet3d oasis_resblock vgg16_svr midslice_classifier"
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
@@ -32,7 +33,11 @@ echo "[reproduce] DATA_ROOT=$DATA_ROOT PROFILE=$PROFILE METHODS=$METHODS DATASET
 
 python scripts/make_splits.py --datasets="${DATASETS// /,}"
 
-declare -A APPLIES=( [resnet3d]="ixi_hh ds000228" [midslice_classifier]="ds000228" )
+declare -A APPLIES=( [reference]="ixi_hh ds000228" [resnet3d]="ixi_hh ds000228" [oasis_resblock]="ixi_hh ds000228"
+                     [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" )
+declare -A SCRIPT=( [reference]="baselines/reference.sh" [resnet3d]="resnet3d/train.sh"
+                    [oasis_resblock]="baselines/oasis_resblock/train.sh" [vgg16_svr]="baselines/vgg16_svr/train.sh"
+                    [midslice_classifier]="midslice_classifier/train.sh" )
 failed=()
 for method in $METHODS; do
   [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS)" >&2; exit 2; }
@@ -41,7 +46,7 @@ for method in $METHODS; do
     log="$LOG_DIR/${method}__${dataset}.log"
     echo "[reproduce] $method on $dataset (profile $PROFILE), log: $log"
     start=$SECONDS
-    if DATASET="$dataset" PROFILE="$PROFILE" bash "$method/train.sh" > "$log" 2>&1; then
+    if DATASET="$dataset" PROFILE="$PROFILE" bash "${SCRIPT[$method]}" > "$log" 2>&1; then
       echo "[reproduce] $method on $dataset done in $((SECONDS - start)) s"
     else
       echo "[reproduce] $method on $dataset FAILED after $((SECONDS - start)) s; see $log" >&2

@@ -18,8 +18,8 @@ def write_volume(path: Path, shape=(24, 28, 24), spacing=2.0, seed: int = 0, kin
                  dtype=np.int16) -> Path:
     """Write a synthetic head-like NIfTI: a bright ellipsoid on a dark background.
 
-    ``kind``: ``ok``, ``nan``, ``blank``, ``4d``, ``2d``, ``truncated``, ``not_nifti``, ``empty``,
-    ``tiny_spacing``.
+    ``kind``: ``ok``, ``nan``, ``inf``, ``blank``, ``4d``, ``2d``, ``truncated``, ``not_nifti``, ``empty``,
+    ``tiny_spacing``, ``huge_spacing``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "empty":
@@ -32,8 +32,8 @@ def write_volume(path: Path, shape=(24, 28, 24), spacing=2.0, seed: int = 0, kin
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
     inside = (grid ** 2).sum(0) < 0.6
     data = (inside * (100 + 20 * rng.standard_normal(shape))).clip(0).astype(np.float32)
-    if kind == "nan":
-        data[3, 3, 3] = np.nan
+    if kind in ("nan", "inf"):
+        data[3, 3, 3] = np.nan if kind == "nan" else np.inf
         dtype = np.float32
     elif kind == "blank":
         data[:] = 0
@@ -41,7 +41,7 @@ def write_volume(path: Path, shape=(24, 28, 24), spacing=2.0, seed: int = 0, kin
         data = np.stack([data, data], axis=-1)
     elif kind == "2d":
         data = data[:, :, shape[2] // 2]
-    zooms = (spacing,) * data.ndim if kind != "tiny_spacing" else (0.001,) * data.ndim
+    zooms = {"tiny_spacing": (0.001,) * data.ndim, "huge_spacing": (50.0,) * data.ndim}.get(kind, (spacing,) * data.ndim)
     affine = np.diag([zooms[0], zooms[1], zooms[min(2, data.ndim - 1)], 1.0])
     img = nib.Nifti1Image(data.astype(dtype), affine)
     img.header.set_zooms(zooms)
@@ -135,4 +135,26 @@ def shared_data() -> Path:
     root = Path(os.environ.get("DATA_ROOT", SHARED_DATA))
     if not (root / "ixi_hh").is_dir() or not (root / "ds000228").is_dir():
         pytest.skip(f"real data not found at {root} (set DATA_ROOT); real-data smoke test skipped")
+    return root
+
+
+@pytest.fixture
+def oasis2(tmp_path: Path) -> Path:
+    """OASIS-2 layout: Analyze mpr repeats in two RAW parts + oasis_longitudinal.csv."""
+    root = tmp_path / "oasis2"
+    sessions = [("OAS2_RAW_PART1", "OAS2_0001_MR1", 2), ("OAS2_RAW_PART2", "OAS2_0001_MR2", 1),
+                ("OAS2_RAW_PART1", "OAS2_0002_MR1", 1), ("OAS2_RAW_PART2", "OAS2_0099_MR1", 1)]
+    for k, (part, session, repeats) in enumerate(sessions):
+        for r in range(1, repeats + 1):
+            raw = root / part / session / "RAW"
+            raw.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(10 * k + r)
+            data = (rng.uniform(0, 200, (24, 28, 20))).astype(np.int16)
+            nib.save(nib.AnalyzeImage(data, np.diag([1.5, 1.5, 1.5, 1.0])), str(raw / f"mpr-{r}.nifti.img"))
+    (root / "oasis_longitudinal.csv").write_text(
+        "Subject ID,MRI ID,Group,Visit,MR Delay,M/F,Hand,Age,EDUC,SES,MMSE,CDR\n"
+        "OAS2_0001,OAS2_0001_MR1,Nondemented,1,0,M,R,87,14,2,27,0\n"
+        "OAS2_0001,OAS2_0001_MR2,Nondemented,2,457,M,R,88,14,2,30,0\n"
+        "OAS2_0002,OAS2_0002_MR1,Demented,1,0,F,R,75,12,,23,0.5\n"
+        "OAS2_0003,OAS2_0003_MR1,Converted,1,0,F,R,80,16,1,29,0\n")
     return root

@@ -100,3 +100,33 @@ def test_parse_sex_codings():
 def test_manifest_keeps_float_ages(ixi_hh):
     manifest, _ = load_ixi(ixi_hh)
     assert pd.api.types.is_float_dtype(manifest["age"])
+
+
+def test_oasis2_layout_repeats_sessions_and_subject_grouping(oasis2):
+    from common.data.sources import load_oasis2
+
+    manifest, exclusions = load_oasis2(oasis2)
+    assert len(manifest) == 5, "every mpr repeat is a sample"
+    s1 = manifest[manifest["participant_id"] == "OAS2_0001"]
+    assert set(s1["session_id"]) == {"OAS2_0001_MR1", "OAS2_0001_MR2"}, "sessions grouped under the Subject ID"
+    assert sorted(s1["age"]) == [87.0, 87.0, 88.0] and set(s1["sex"]) == {"M"}
+    assert manifest.set_index("session_id").loc["OAS2_0002_MR1", "label"] == "Demented"
+    assert manifest["image_path"].str.endswith(".nifti.img").all()
+    reasons = [f"{r['item']}: {r['reason']}" for r in exclusions.rows]
+    assert any("OAS2_0099_MR1" in r and "not in oasis_longitudinal.csv" in r for r in reasons)
+    assert any(r.startswith("OAS2_0003_MR1") and "no mpr image" in r for r in reasons)
+
+
+def test_oasis2_analyze_files_load_and_preprocess(oasis2, tmp_path):
+    from common.data.checks import load_checked
+    from common.data.preprocess import VolumeSpec, preprocess_volume
+    from common.data.sources import load_oasis2
+
+    manifest, _ = load_oasis2(oasis2)
+    data, _, spacing = load_checked(manifest["image_path"].iloc[0])
+    assert data.shape == (24, 28, 20) and spacing == (1.5, 1.5, 1.5)
+    spec = VolumeSpec(shape=(16, 16, 16), spacing_mm=(4.0, 4.0, 4.0), intensity="zscore_volume_clip3",
+                      pipeline="nilearn_centered")
+    out = preprocess_volume(manifest["image_path"].iloc[0], spec)
+    assert out.shape == (1, 16, 16, 16) and out.min() >= -3 and out.max() <= 3
+    assert abs(float(out.mean())) < 0.2

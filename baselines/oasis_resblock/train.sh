@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Train + test the OASIS ResBlock regressor. Tutorial values (paper profile): 64^3 at 4 mm (nilearn),
+# MSE on z-scored age, AdamW 1e-3 / wd 0.05, 3 warm-up epochs then ReduceLROnPlateau, batch 8, <= 50 epochs.
+#   bash baselines/oasis_resblock/train.sh
+#   DATASET=ds000228 PROFILE=paper bash baselines/oasis_resblock/train.sh --epochs=30
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+DATASET="${DATASET:-ixi_hh}"
+PROFILE="${PROFILE:-}"
+SEED="${SEED:-42}"
+args=(--dataset="$DATASET" --seed="$SEED")
+[[ -n "$PROFILE" ]] && args+=(--profile="$PROFILE")
+[[ -n "${RUN_NAME:-}" ]] && args+=(--run_name="$RUN_NAME")
+[[ -n "${DATA_ROOT:-}" ]] && args+=(--data_root="$DATA_ROOT")
+exec python -m baselines.oasis_resblock.train train "${args[@]}" "$@"

@@ -1,0 +1,101 @@
+"""Axial slice triplets -> VGG16 ``block5_pool`` features, cached per subject.
+
+Source: the legacy track of the open-source "brain-age-estimation" project: non-overlapping
+triplets of consecutive axial slices, each stacked as the 3 channels of one image resized to
+224x224, fed to ImageNet VGG16; the ``block5_pool`` output (7x7x512 = 25,088 values) is the feature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from common.data.checks import load_checked
+from common.io import atomic_write
+from common.pretrained import load_pretrained
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def axial_triplets(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Non-overlapping triplets of consecutive axial slices.
+
+    The volume is reoriented to RAS (nibabel ``as_closest_canonical``), so axial slices run along
+    the last axis, inferior to superior; intensities are min-max scaled to [0, 1] per volume;
+    trailing slices that do not fill a triplet are dropped.
+
+    Returns:
+        float32 (T, 3, X, Y), T = n_axial // 3; channel c of triplet t is slice 3t + c.
+    """
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
+    data = np.asarray(canonical.dataobj, dtype=np.float32)
+    lo, hi = float(data.min()), float(data.max())
+    data = (data - lo) / (hi - lo if hi > lo else 1.0)
+    n = data.shape[2] // 3
+    return np.stack([np.moveaxis(data[:, :, 3 * t:3 * t + 3], 2, 0) for t in range(n)]).astype(np.float32)
+
+
+def central_positions(n_triplets: int, keep: int | None) -> np.ndarray:
+    """Indices of the ``keep`` central triplet positions (all when ``keep`` is None or >= n)."""
+    if keep is None or keep >= n_triplets:
+        return np.arange(n_triplets)
+    start = (n_triplets - keep) // 2
+    return np.arange(start, start + keep)
+
+
+class VGG16Features(nn.Module):
+    """torchvision VGG16 convolutional part up to ``block5_pool``.
+
+    Shapes: (N, 3, 224, 224) in [0, 1] -> (N, 25088) (ImageNet mean/std normalisation inside).
+
+    Args:
+        weights: ``"none"`` (random initialisation), ``"IMAGENET1K_V1"`` (torchvision weights API),
+            or a path to a VGG16 state dict. Missing weights raise
+            :class:`common.pretrained.WeightsUnavailableError`.
+    """
+
+    def __init__(self, weights: str = "none"):
+        super().__init__()
+        vgg = torchvision.models.vgg16(weights=None)
+        self.provenance = load_pretrained(vgg, "vgg16", weights, skip_prefixes=("classifier.",))
+        self.features = vgg.features.eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+        return self.features((x - IMAGENET_MEAN) / IMAGENET_STD).flatten(1)
+
+
+class FeatureCache:
+    """Per-subject feature matrices (T_kept, 25088) stored as float16 ``.npy``, keyed by the file's
+    path, size and mtime, the weights and the kept positions."""
+
+    def __init__(self, root: str | Path, extractor: VGG16Features, weights: str, keep: int | None):
+        self.extractor, self.keep = extractor, keep
+        self.dir = Path(root) / "vgg16_features" / hashlib.sha1(f"{weights}|{keep}|v1".encode()).hexdigest()[:12]
+
+    def get(self, image_path: str | Path, batch_size: int = 16) -> np.ndarray:
+        """Features of one scan, computed once. Raises BadImageError for a bad file."""
+        st = os.stat(image_path)
+        key = hashlib.sha1(f"{Path(image_path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+        path = self.dir / f"{key}.npy"
+        if path.exists():
+            try:
+                return np.load(path).astype(np.float32)
+            except (ValueError, OSError):
+                path.unlink()
+        data, affine, _ = load_checked(image_path)
+        triplets = axial_triplets(data, affine)
+        triplets = triplets[central_positions(len(triplets), self.keep)]
+        feats = torch.cat([self.extractor(torch.from_numpy(triplets[i:i + batch_size]))
+                           for i in range(0, len(triplets), batch_size)]).numpy()
+        atomic_write(path, lambda fh: np.save(fh, feats.astype(np.float16)), mode="wb")
+        return feats

@@ -1,0 +1,162 @@
+"""VGG16 slice-triplet features + linear SVR, early and late fusion, on a shared split.
+
+    python -m baselines.vgg16_svr.train --dataset=ixi_hh               # random-init VGG16 (no download here)
+    python -m baselines.vgg16_svr.train --dataset=ixi_hh --weights=IMAGENET1K_V1
+
+Source: legacy track of the open-source "brain-age-estimation" project (IXI). Early fusion: the
+mean of a subject's triplet features -> one linear SVR (C=98, epsilon=0.064). Late fusion: one
+linear SVR per triplet position (C=1, epsilon=0.1), predictions averaged. Feature scaling is fitted
+on the training split only; the source's "oracle" and inverse-MAE weightings (which choose weights
+with the evaluation labels) are not reproduced. Deviations: baselines/vgg16_svr/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import fire
+import numpy as np
+import torch
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVR
+from tqdm.auto import tqdm
+
+from baselines.vgg16_svr.features import FeatureCache, VGG16Features
+from common.brain_age import publish_brain_age_result, report_brain_age
+from common.data.checks import BadImageError
+from common.device import configure_cpu_threads, default_profile
+from common.experiment import default_run_name, labelled_split_frame, resolve_profile
+from common.runlog import RunLogger, environment_info, git_commit
+
+log = logging.getLogger("vgg16_svr")
+
+SOURCE = 'open-source "brain-age-estimation" project, legacy VGG16 + SVR track (IXI)'
+SOURCE_REPORTED = {"early": {"dataset": "IXI, 84 validation subjects, ImageNet VGG16", "mae": 8.47},
+                   "late": {"dataset": "IXI, 84 validation subjects, ImageNet VGG16", "mae": 8.03}}
+
+#: ``paper``: every triplet; ``cpu``: the 6 central triplet positions (feature extraction at
+#: 224x224 costs ~0.27 s per image on 2 cores: 40 triplets x 161 IXI scans would take 29 minutes).
+PROFILES = {
+    "paper": dict(keep_triplets=None, early_C=98.0, early_epsilon=0.064, late_C=1.0, late_epsilon=0.1),
+}
+PROFILES["cpu"] = dict(PROFILES["paper"], keep_triplets=6)
+
+
+def fit_early_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndarray, C: float, epsilon: float):
+    """Mean triplet feature per subject -> StandardScaler + linear SVR fitted on ``train`` rows.
+
+    Args:
+        features: per subject (T, F) arrays; ages: (N,) years; train: boolean mask (N,).
+
+    Returns:
+        ``(predictions (N,), fitted pipeline)``.
+    """
+    x = np.stack([f.mean(0) for f in features])
+    model = make_pipeline(StandardScaler(), SVR(kernel="linear", C=C, epsilon=epsilon))
+    model.fit(x[train], ages[train])
+    return model.predict(x), model
+
+
+def fit_late_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndarray, C: float, epsilon: float):
+    """One StandardScaler + linear SVR per triplet position (fitted on ``train`` rows); the
+    subject's prediction is the mean over positions.
+
+    Raises:
+        ValueError: subjects with different numbers of triplet positions.
+    """
+    counts = {len(f) for f in features}
+    if len(counts) != 1:
+        raise ValueError(f"late fusion needs the same triplet positions for every subject, got counts {sorted(counts)}")
+    stacked = np.stack(features)  # (N, T, F)
+    preds, models = [], []
+    for t in range(stacked.shape[1]):
+        model = make_pipeline(StandardScaler(), SVR(kernel="linear", C=C, epsilon=epsilon))
+        model.fit(stacked[train, t], ages[train])
+        preds.append(model.predict(stacked[:, t]))
+        models.append(model)
+    return np.mean(preds, axis=0), models
+
+
+def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "none", data_root: str | None = None,
+         keep_triplets: int | None = None, run_name: str | None = None, runs_dir: str = "runs",
+         results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
+         publish: bool = True) -> str:
+    """Extract (or load cached) VGG16 features, fit both fusions on the training split, fit the
+    bias correction on validation and report on test.
+
+    Args:
+        dataset: dataset folder under the data root.
+        profile: ``paper`` (all triplets) or ``cpu`` (6 central triplets).
+        weights: ``none`` (random-init VGG16, what runs here), ``IMAGENET1K_V1`` (torchvision weights
+            API; a clear error when not cached and not downloadable), or a path to a VGG16 state dict.
+        data_root: data folder.
+        keep_triplets: override the number of central triplet positions kept.
+        run_name: run folder name.
+        runs_dir: root of run folders.
+        results_dir: split files in, result JSON out.
+        cache_dir: feature cache.
+        max_per_split: first N participants per split only (smoke tests).
+        publish: write ``results/vgg16_svr_{early,late}[_randinit]__<dataset>.json``.
+
+    Returns:
+        The run folder.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t0 = time.time()
+    configure_cpu_threads()
+    profile = profile or default_profile()
+    hp = resolve_profile(PROFILES, profile, {"keep_triplets": keep_triplets})
+    extractor = VGG16Features(weights)
+    suffix = "_randinit" if weights in ("none", "", None) else ""
+    run_dir = Path(runs_dir) / f"vgg16_svr{suffix}" / dataset / (run_name or default_run_name(profile))
+    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
+    cache = FeatureCache(cache_dir, extractor, str(weights), hp["keep_triplets"])
+    features, keep = [], []
+    for i, row in enumerate(tqdm(list(frame.itertuples()), desc="VGG16 features", unit="scan")):
+        try:
+            features.append(cache.get(row.image_path))
+            keep.append(i)
+        except BadImageError as err:
+            exclusions.add(row.dataset, row.image_path, err.problem, "features")
+    frame = frame.iloc[keep].reset_index(drop=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    exclusions.write(run_dir / "exclusions.csv")
+    logger = RunLogger(run_dir, {"dataset": dataset, "profile": profile, "weights": str(weights),
+                                 "weights_provenance": extractor.provenance, **hp, "results_dir": results_dir,
+                                 "n_triplets": int(features[0].shape[0]), "feature_dim": int(features[0].shape[1])},
+                       torch.device("cpu"))
+    logger.close()
+    ages = frame["age"].to_numpy(float)
+    train = (frame["split"] == "train").to_numpy()
+    eval_rows = frame["split"].isin(["val", "test"]).to_numpy()
+    train_mean = float(ages[train].mean())
+    fits = {"early": fit_early_fusion(features, ages, train, hp["early_C"], hp["early_epsilon"])[0],
+            "late": fit_late_fusion(features, ages, train, hp["late_C"], hp["late_epsilon"])[0]}
+    for fusion, pred in fits.items():
+        method = f"vgg16_svr_{fusion}{suffix}"
+        sub = run_dir / fusion
+        sub.mkdir(exist_ok=True)
+        report, _ = report_brain_age(frame[eval_rows].reset_index(drop=True), pred[eval_rows], sub,
+                                     f"{method} on {dataset} ({profile})", train_mean_age=train_mean)
+        if publish:
+            label = f"VGG16 {'random-init' if suffix else extractor.provenance} features + SVR, {fusion} fusion"
+            notes = [f"VGG16 weights: {extractor.provenance}" + (" (ImageNet weights cannot be downloaded here)"
+                                                                  if suffix else "")]
+            if hp["keep_triplets"]:
+                notes.append(f"cpu profile: the {hp['keep_triplets']} central axial triplets only")
+            publish_brain_age_result(
+                results_dir, frame, report, method=method, method_label=label, source=SOURCE, dataset=dataset,
+                profile=profile, source_reported=SOURCE_REPORTED[fusion], parameters=hp, n_parameters=None,
+                wall_time_s=time.time() - t0, environment=environment_info(torch.device("cpu")), commit=git_commit(),
+                run_dir=sub, notes=notes, readme_folder="baselines/vgg16_svr")
+    return str(run_dir)
+
+
+#: The command-line interface (fire).
+CLI = main
+
+if __name__ == "__main__":
+    fire.Fire(CLI)

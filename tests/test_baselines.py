@@ -1,0 +1,108 @@
+"""Baselines: OASIS ResBlock regressor, VGG16 triplet features + SVR fusions, reference rows."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.oasis_resblock.model import OasisResBlockRegressor
+from baselines.oasis_resblock.train import DenormalisedAge, ZScoredMSE
+from baselines.vgg16_svr.features import VGG16Features, axial_triplets, central_positions
+from baselines.vgg16_svr.train import fit_early_fusion, fit_late_fusion
+from common.data.preprocess import centred_target_affine
+from common.pretrained import WeightsUnavailableError
+from common.training import WarmupThenPlateau
+
+
+def test_oasis_regressor_parameter_count_matches_tutorial():
+    assert sum(p.numel() for p in OasisResBlockRegressor().parameters()) == 894_529
+
+
+def test_oasis_forward_backward_tiny():
+    torch.manual_seed(0)
+    model = DenormalisedAge(OasisResBlockRegressor(), age_mean=70.0, age_std=8.0).train()
+    x = torch.randn(2, 1, 16, 16, 16)
+    out = model(x)
+    assert out.shape == (2,) and torch.isfinite(out).all()
+    loss = ZScoredMSE(70.0, 8.0)(out, torch.tensor([65.0, 80.0]))
+    loss.backward()
+    assert model.net.stem[0].weight.grad.abs().sum() > 0
+    assert {"age_mean", "age_std"} <= set(model.state_dict()), "age statistics travel with the checkpoint"
+
+
+def test_zscored_mse_is_mse_in_standard_units():
+    loss = ZScoredMSE(50.0, 10.0)(torch.tensor([60.0]), torch.tensor([40.0]))
+    assert float(loss) == pytest.approx(4.0)
+
+
+def test_centred_grid_keeps_the_head_in_view():
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [300.0, -500.0, 80.0]  # a volume far from the world origin
+    target = centred_target_affine(affine, (160, 200, 180), (64, 64, 64), (4.0, 4.0, 4.0))
+    centre_out = target @ np.array([31.5, 31.5, 31.5, 1.0])
+    centre_in = affine @ np.array([79.5, 99.5, 89.5, 1.0])
+    np.testing.assert_allclose(centre_out, centre_in)
+    assert np.allclose(np.diag(target)[:3], 4.0)
+
+
+def test_warmup_then_plateau():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = WarmupThenPlateau(opt, warmup_epochs=3, factor=0.5, patience=1, min_lr=1e-6)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step(1.0)  # never improves after warm-up
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1e-3)
+    assert lrs[-1] < 1e-3, "plateau halves the rate when the validation loss stalls"
+    state = sched.state_dict()
+    other = WarmupThenPlateau(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3), 3, 0.5, 1, 1e-6)
+    other.load_state_dict(state)
+    assert other.epoch == 8
+
+
+def test_axial_triplets_count_order_and_channels():
+    vol = np.zeros((4, 5, 10), np.float32)
+    for z in range(10):
+        vol[..., z] = z
+    trip = axial_triplets(vol, np.diag([1.0, 1.0, 1.0, 1.0]))
+    assert trip.shape == (3, 3, 4, 5), "10 slices -> 3 non-overlapping triplets, the last slice dropped"
+    np.testing.assert_allclose(trip[1, :, 0, 0], np.array([3, 4, 5]) / 9.0)
+    flipped = axial_triplets(vol, np.diag([1.0, 1.0, -1.0, 1.0]))  # stored superior-to-inferior
+    np.testing.assert_allclose(flipped[0, :, 0, 0], np.array([9, 8, 7]) / 9.0)  # reoriented to RAS
+    assert list(central_positions(40, 12)) == list(range(14, 26)) and len(central_positions(5, None)) == 5
+
+
+def test_vgg16_feature_size_and_missing_weights(tmp_path, monkeypatch):
+    feats = VGG16Features("none")
+    out = feats(torch.rand(1, 3, 40, 50))
+    assert out.shape == (1, 25088), "block5_pool: 7x7x512"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError, match="vgg16 IMAGENET1K_V1 weights are not available"):
+        VGG16Features("IMAGENET1K_V1")
+
+
+def test_svr_fusions_use_training_rows_only():
+    rng = np.random.default_rng(0)
+    n, t, f = 30, 4, 6
+    ages = rng.uniform(20, 80, n)
+    feats = [rng.standard_normal((t, f)) + a / 20 for a in ages]
+    train = np.arange(n) < 20
+    early, _ = fit_early_fusion(feats, ages, train, C=98, epsilon=0.064)
+    late, _ = fit_late_fusion(feats, ages, train, C=1, epsilon=0.1)
+    poisoned = [x if keep else x * 100 for x, keep in zip(feats, train)]
+    ages_poisoned = np.where(train, ages, 0.0)
+    early2, _ = fit_early_fusion(poisoned, ages_poisoned, train, C=98, epsilon=0.064)
+    late2, _ = fit_late_fusion(poisoned, ages_poisoned, train, C=1, epsilon=0.1)
+    np.testing.assert_allclose(early[train], early2[train])
+    np.testing.assert_allclose(late[train], late2[train])
+    assert np.corrcoef(early[~train], ages[~train])[0, 1] > 0.5
+    with pytest.raises(ValueError, match="same triplet positions"):
+        fit_late_fusion(feats[:-1] + [feats[-1][:2]], ages, train, C=1, epsilon=0.1)
