@@ -1,0 +1,256 @@
+"""Deterministic volume preprocessing with MONAI, cached on disk.
+
+The result of :func:`preprocess_volume` for one file is stored once as ``.npy`` under
+``<cache_root>/<spec.key()>/``, named by a hash of the file's absolute path, size and mtime (and
+those of its mask). A changed file or changed parameters therefore give a new entry; entries are
+written to a temporary file and renamed into place, and one that cannot be read back with the
+expected shape is rebuilt. Training then reads memory-mapped arrays and never decodes a NIfTI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from common.data.checks import BadImageError, load_checked, load_mask
+from common.data.manifest import Exclusions
+from common.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+#: Bump when preprocess_volume changes its output for the same spec.
+PREPROCESS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """Preprocessing parameters; stored in checkpoints so prediction repeats them exactly.
+
+    Attributes:
+        shape: output grid (D, H, W) in voxels after pad/crop.
+        spacing_mm: output voxel spacing in mm.
+        orientation: axis codes of the output (MONAI ``Orientation``), e.g. ``"RAS"``.
+        intensity: ``"zscore_nonzero"`` (z-score over non-zero voxels, background stays 0) or
+            ``"zscore_volume_clip3"`` (z-score over the whole volume, clipped to [-3, 3]).
+        apply_mask: multiply by the dataset's brain mask (``mask_path``) before resampling.
+        pipeline: ``"monai"`` (Orientation + Spacing + centred pad/crop) or ``"nilearn_centered"``
+            (``nilearn.image.resample_img`` onto a grid of ``shape`` x ``spacing_mm`` whose centre
+            is the centre of the input's field of view; no reorientation).
+    """
+
+    shape: tuple[int, int, int] = (96, 96, 96)
+    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    orientation: str = "RAS"
+    intensity: str = "zscore_nonzero"
+    apply_mask: bool = False
+    pipeline: str = "monai"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "version": PREPROCESS_VERSION}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VolumeSpec":
+        return cls(shape=tuple(d["shape"]), spacing_mm=tuple(d["spacing_mm"]), orientation=d["orientation"],
+                   intensity=d["intensity"], apply_mask=bool(d["apply_mask"]), pipeline=d.get("pipeline", "monai"))
+
+    def key(self) -> str:
+        """Short stable hash of the parameters (and the preprocessing code version)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def centred_target_affine(affine: np.ndarray, shape: tuple[int, ...], out_shape: tuple[int, int, int],
+                          spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Diagonal affine with ``spacing_mm`` voxels whose grid centre is the input volume's centre.
+
+    The OASIS tutorial resampled with a zero translation, which puts the output grid's corner at
+    the world origin and can cut the head off; centring the field of view on the volume fixes it.
+    """
+    centre_in = affine @ np.append((np.asarray(shape[:3], float) - 1) / 2, 1.0)
+    target = np.diag([*spacing_mm, 1.0])
+    target[:3, 3] = centre_in[:3] - np.asarray(spacing_mm) * (np.asarray(out_shape, float) - 1) / 2
+    return target
+
+
+def _monai_pipeline(data: np.ndarray, affine: np.ndarray, spec: VolumeSpec) -> np.ndarray:
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, NormalizeIntensity, Orientation, ResizeWithPadOrCrop, Spacing
+
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(data))[None], affine=torch.as_tensor(affine))
+    steps = [
+        Orientation(axcodes=spec.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacing(pixdim=spec.spacing_mm, mode="bilinear"),
+        ResizeWithPadOrCrop(spatial_size=spec.shape),
+    ]
+    out = Compose(steps)(image).detach().cpu().numpy().astype(np.float32)
+    if spec.intensity == "zscore_nonzero":
+        out = np.asarray(NormalizeIntensity(nonzero=True, channel_wise=True)(out), dtype=np.float32)
+    return out
+
+
+def _nilearn_pipeline(data: np.ndarray, affine: np.ndarray, spec: VolumeSpec) -> np.ndarray:
+    import nibabel as nib
+    from nilearn.image import resample_img
+
+    target = centred_target_affine(affine, data.shape, spec.shape, spec.spacing_mm)
+    resampled = resample_img(nib.Nifti1Image(data, affine), target_affine=target, target_shape=spec.shape,
+                             interpolation="continuous", force_resample=True, copy_header=True)
+    return np.asarray(resampled.get_fdata(dtype=np.float32))[None]
+
+
+def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str | Path = "") -> np.ndarray:
+    """Check and preprocess one volume.
+
+    Steps: load and check (:func:`common.data.checks.load_checked`), optional brain mask, then
+    ``spec.pipeline``: ``"monai"``: channel-first, ``Orientation(spec.orientation)``,
+    ``Spacing(spec.spacing_mm)`` (bilinear), ``ResizeWithPadOrCrop(spec.shape)`` (centred);
+    ``"nilearn_centered"``: ``nilearn.image.resample_img`` onto a centred grid
+    (:func:`centred_target_affine`); then the intensity normalisation ``spec.intensity``.
+
+    Returns:
+        float32 array (1, D, H, W).
+
+    Raises:
+        BadImageError: the file fails a check, its mask is unusable, or nothing is left after
+            masking and cropping.
+        ValueError: unknown ``spec.pipeline`` or ``spec.intensity``.
+    """
+    if spec.intensity not in ("zscore_nonzero", "zscore_volume_clip3"):
+        raise ValueError(f"unknown intensity normalisation {spec.intensity!r}")
+    data, affine, _ = load_checked(image_path)
+    if spec.apply_mask:
+        if not mask_path:
+            raise BadImageError(image_path, "spec.apply_mask is set but the image has no brain mask")
+        data = data * load_mask(mask_path, data.shape)
+    if spec.pipeline == "monai":
+        out = _monai_pipeline(data, affine, spec)
+    elif spec.pipeline == "nilearn_centered":
+        out = _nilearn_pipeline(data, affine, spec)
+    else:
+        raise ValueError(f"unknown preprocessing pipeline {spec.pipeline!r}")
+    if spec.intensity == "zscore_volume_clip3":
+        std = float(out.std())
+        out = np.clip((out - out.mean()) / (std if std > 0 else 1.0), -3, 3).astype(np.float32)
+    if not np.isfinite(out).all() or np.count_nonzero(out) == 0:
+        raise BadImageError(image_path, "volume is empty or non-finite after preprocessing")
+    return out
+
+
+def _file_fingerprint(path: str | Path) -> str:
+    if not path:
+        return ""
+    st = os.stat(path)
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+class VolumeCache:
+    """On-disk cache of :func:`preprocess_volume` results for one :class:`VolumeSpec`."""
+
+    def __init__(self, root: str | Path, spec: VolumeSpec):
+        self.spec = spec
+        self.dir = Path(root) / f"volumes-{spec.key()}"
+
+    def path_for(self, image_path: str | Path, mask_path: str | Path = "") -> Path:
+        """Cache file for this image (keyed by path, size and mtime of image and mask)."""
+        mask = mask_path if self.spec.apply_mask else ""
+        digest = hashlib.sha1((_file_fingerprint(image_path) + "#" + _file_fingerprint(mask)).encode()).hexdigest()
+        return self.dir / f"{digest[:20]}.npy"
+
+    def is_valid(self, path: Path) -> bool:
+        """True if ``path`` is a readable array of the expected shape."""
+        try:
+            arr = np.load(path, mmap_mode="r")
+            return arr.shape == (1, *self.spec.shape) and arr.dtype == np.float32
+        except Exception:
+            return False
+
+    def get(self, image_path: str | Path, mask_path: str | Path = "") -> Path:
+        """Return the cache file for ``image_path``, building it first if missing or corrupt.
+
+        Raises:
+            BadImageError: the image fails its checks.
+        """
+        path = self.path_for(image_path, mask_path)
+        if path.exists() and self.is_valid(path):
+            return path
+        if path.exists():
+            log.warning("cache entry %s for %s is corrupt; rebuilding", path, image_path)
+        array = preprocess_volume(image_path, self.spec, mask_path)
+        atomic_write(path, lambda fh: np.save(fh, array), mode="wb")
+        if not self.dir.joinpath("spec.json").exists():
+            write_json(self.dir / "spec.json", self.spec.to_dict())
+        return path
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _worker(args: tuple) -> tuple[int, str, str]:
+    idx, cache_root, spec_dict, image_path, mask_path = args
+    cache = VolumeCache(cache_root, VolumeSpec.from_dict(spec_dict))
+    try:
+        return idx, str(cache.get(image_path, mask_path)), ""
+    except BadImageError as err:
+        return idx, "", err.problem
+
+
+def prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str | Path,
+                    exclusions: Exclusions, workers: int | None = None) -> pd.DataFrame:
+    """Preprocess (or find cached) every image of ``manifest``.
+
+    Args:
+        manifest: standard manifest rows.
+        spec: preprocessing parameters.
+        cache_root: cache folder (e.g. ``.cache``).
+        exclusions: failing images are added here with their reason.
+        workers: processes for cold preprocessing (default: all cores, at most 4).
+
+    Returns:
+        The rows that passed, with a ``cache_path`` column (float32 (1, D, H, W) ``.npy`` files).
+    """
+    cache = VolumeCache(cache_root, spec)
+    todo, paths = [], [""] * len(manifest)
+    for i, row in enumerate(manifest.itertuples(index=False)):
+        try:
+            p = cache.path_for(row.image_path, row.mask_path)
+        except FileNotFoundError:
+            exclusions.add(row.dataset, row.image_path, "file does not exist", "preprocess")
+            continue
+        if p.exists() and cache.is_valid(p):
+            paths[i] = str(p)
+        else:
+            todo.append((i, str(cache_root), spec.to_dict(), row.image_path, row.mask_path))
+    if todo:
+        workers = workers or min(4, len(os.sched_getaffinity(0)))
+        log.info("preprocessing %d volumes (%d cached) with %d workers", len(todo), len(manifest) - len(todo), workers)
+        bar = tqdm(total=len(todo), desc=f"preprocess {spec.shape}", unit="vol", leave=False)
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+                results = []
+                for res in pool.map(_worker, todo, chunksize=1):
+                    results.append(res)
+                    bar.update()
+        else:
+            results = []
+            for item in todo:
+                results.append(_worker(item))
+                bar.update()
+        bar.close()
+        for idx, path, problem in results:
+            if path:
+                paths[idx] = path
+            else:
+                row = manifest.iloc[idx]
+                exclusions.add(row["dataset"], row["image_path"], problem, "preprocess")
+    out = manifest.assign(cache_path=paths)
+    return out[out["cache_path"] != ""].reset_index(drop=True)
