@@ -25,7 +25,7 @@ from common.io import save_torch, write_json
 from common.metrics import BiasCorrection, brain_age_report
 from common.plots import scatter_predicted_vs_age, training_curves
 from common.results import brain_age_predictions, split_counts, write_predictions, write_result
-from common.runlog import RunLogger, git_commit
+from common.runlog import RunLogger, environment_info, git_commit
 from common.training import VAL_MAE, FitConfig, Selection, fit_model, load_checkpoint, predict
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,24 @@ def report_brain_age(frame: pd.DataFrame, predicted_age: np.ndarray, run_dir: st
 def publish_brain_age_result(results_dir: str | Path, frame: pd.DataFrame, report: dict, **kwargs) -> Path:
     """Write ``results/<method>__<dataset>.json`` for a brain-age run (see :func:`write_result`)."""
     return write_result(results_dir, task="brain_age", metrics=report, n_subjects=split_counts(frame), **kwargs)
+
+
+def publish_trained_run(cfg: dict, frame: pd.DataFrame, report: dict, model: nn.Module, run_dir: str | Path, *,
+                        method: str, method_label: str, source: str, source_reported: dict | None, params: dict,
+                        notes: list[str], fit: dict | None, wall_start: float, device: str,
+                        readme_folder: str | None = None) -> Path:
+    """Result JSON of a deep regressor evaluated by :func:`evaluate_brain_age` (``cfg`` is its
+    ``config.json``); adds the best and last epochs when the run's ``fit`` summary is given."""
+    if fit:
+        params = {**params, "best_epoch": fit["best_epoch"], "epochs_run": fit["epochs_run"]}
+    path = publish_brain_age_result(
+        cfg["results_dir"], frame, report, method=method, method_label=method_label, source=source,
+        dataset=cfg["dataset"], profile=cfg["profile"], source_reported=source_reported, parameters=params,
+        n_parameters=sum(p.numel() for p in model.parameters()), wall_time_s=time.time() - wall_start,
+        environment=environment_info(select_device(device)), commit=git_commit(), run_dir=run_dir, notes=notes,
+        readme_folder=readme_folder)
+    log.info("wrote %s", path)
+    return path
 
 
 @dataclass

@@ -17,11 +17,10 @@ import fire
 import torch
 from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
 
-from common.brain_age import RegressorSetup, evaluate_brain_age, publish_brain_age_result, train_brain_age
+from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
 from common.data.preprocess import VolumeSpec
-from common.device import default_profile, select_device
+from common.device import default_profile
 from common.experiment import int_tuple, resolve_profile
-from common.runlog import environment_info, git_commit
 from resnet3d.model import BrainAgeResNet3D
 
 log = logging.getLogger("resnet3d")
@@ -170,14 +169,9 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
             f"cpu profile: {cfg['image_size']}^3 at {cfg['spacing_mm']} mm, {cfg['epochs']} epochs, batch "
             f"{cfg['batch_size']}, lr {cfg['lr']}, output bias initialised to the training mean age, "
             f"precise BatchNorm statistics, flips along axes {cfg['flip_axes']} only"]
-        if _fit:
-            params["best_epoch"], params["epochs_run"] = _fit["best_epoch"], _fit["epochs_run"]
-        path = publish_brain_age_result(
-            cfg["results_dir"], frame, report, method=METHOD, method_label=METHOD_LABEL, source=SOURCE,
-            dataset=cfg["dataset"], profile=cfg["profile"], source_reported=SOURCE_REPORTED, parameters=params,
-            n_parameters=sum(p.numel() for p in model.parameters()), wall_time_s=time.time() - t0,
-            environment=environment_info(select_device(device)), commit=git_commit(), run_dir=run_dir, notes=notes)
-        log.info("wrote %s", path)
+        publish_trained_run(cfg, frame, report, model, run_dir, method=METHOD, method_label=METHOD_LABEL,
+                            source=SOURCE, source_reported=SOURCE_REPORTED, params=params, notes=notes, fit=_fit,
+                            wall_start=t0, device=device)
     return report
 
 

@@ -18,6 +18,7 @@ CLIS = [
     ("baselines.oasis_resblock.train", ["train"]), ("baselines.oasis_resblock.train", ["test"]),
     ("baselines.vgg16_svr.train", []), ("baselines.reference", ["mean_age"]), ("baselines.reference", ["roi_ridge"]),
     ("scripts.make_splits", []), ("scripts.make_leaderboard", []), ("scripts.fetch_data", []),
+    ("scripts.check_resume", []),
 ]
 
 

@@ -18,11 +18,10 @@ from monai.transforms import Compose, Lambda, RandFlip, RandGaussianNoise, RandS
 from torch import nn
 
 from baselines.oasis_resblock.model import OasisResBlockRegressor
-from common.brain_age import RegressorSetup, evaluate_brain_age, publish_brain_age_result, train_brain_age
+from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
 from common.data.preprocess import VolumeSpec
-from common.device import default_profile, select_device
+from common.device import default_profile
 from common.experiment import resolve_profile
-from common.runlog import environment_info, git_commit
 from common.training import VAL_MSE, WarmupThenPlateau
 
 log = logging.getLogger("oasis_resblock")
@@ -158,15 +157,9 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
         if cfg["profile"] != "paper":
             notes.append(f"cpu profile: {cfg['image_size']}^3 at {cfg['spacing_mm']} mm (tutorial: 64^3 at 4 mm), "
                          f"at most {cfg['epochs']} epochs (tutorial: 50)")
-        if _fit:
-            params["best_epoch"], params["epochs_run"] = _fit["best_epoch"], _fit["epochs_run"]
-        path = publish_brain_age_result(
-            cfg["results_dir"], frame, report, method=METHOD, method_label=METHOD_LABEL, source=SOURCE,
-            dataset=cfg["dataset"], profile=cfg["profile"], source_reported=SOURCE_REPORTED, parameters=params,
-            n_parameters=sum(p.numel() for p in model.parameters()), wall_time_s=time.time() - t0,
-            environment=environment_info(select_device(device)), commit=git_commit(), run_dir=run_dir, notes=notes,
-            readme_folder="baselines/oasis_resblock")
-        log.info("wrote %s", path)
+        publish_trained_run(cfg, frame, report, model, run_dir, method=METHOD, method_label=METHOD_LABEL,
+                            source=SOURCE, source_reported=SOURCE_REPORTED, params=params, notes=notes, fit=_fit,
+                            wall_start=t0, device=device, readme_folder="baselines/oasis_resblock")
     return report
 
 

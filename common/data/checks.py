@@ -30,6 +30,16 @@ class BadImageError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+def check_file(path: str | Path) -> Path:
+    """Raise :class:`BadImageError` unless ``path`` is an existing, non-empty file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadImageError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise BadImageError(path, "file is empty (0 bytes)")
+    return path
+
+
 def load_checked(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Load a NIfTI/Analyze volume and check it.
 
@@ -44,11 +54,7 @@ def load_checked(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[float,
         BadImageError: missing, empty, unreadable or truncated file, not 3D, implausible size
             or voxel spacing, NaN/Inf voxels, or a blank (all-constant) volume.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadImageError(path, "file does not exist")
-    if path.stat().st_size == 0:
-        raise BadImageError(path, "file is empty (0 bytes)")
+    path = check_file(path)
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises several types for non-NIfTI content

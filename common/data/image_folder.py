@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from common.data.checks import BadImageError
+from common.data.checks import BadImageError, check_file
 from common.data.manifest import Exclusions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -28,11 +28,7 @@ def load_image_checked(path: str | Path, min_size: int = 8) -> np.ndarray:
     Raises:
         BadImageError: empty, not an image, truncated/corrupt, or smaller than ``min_size`` pixels.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadImageError(path, "file does not exist")
-    if path.stat().st_size == 0:
-        raise BadImageError(path, "file is empty (0 bytes)")
+    path = check_file(path)
     try:
         with Image.open(path) as img:
             img.load()  # full decode: catches truncated files that Image.open alone accepts

@@ -82,7 +82,7 @@ class Exclusions:
         self.rows.append({"dataset": dataset, "item": str(item), "stage": stage, "reason": reason})
         log.warning("excluded %s (%s, %s): %s", item, dataset, stage, reason)
 
-    def extend(self, other: "Exclusions") -> None:
+    def extend(self, other: Exclusions) -> None:
         self.rows.extend(other.rows)
 
     def __len__(self) -> int:

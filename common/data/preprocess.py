@@ -59,7 +59,7 @@ class VolumeSpec:
         return {**asdict(self), "version": PREPROCESS_VERSION}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VolumeSpec":
+    def from_dict(cls, d: dict) -> VolumeSpec:
         return cls(shape=tuple(d["shape"]), spacing_mm=tuple(d["spacing_mm"]), orientation=d["orientation"],
                    intensity=d["intensity"], apply_mask=bool(d["apply_mask"]), pipeline=d.get("pipeline", "monai"))
 

@@ -20,8 +20,8 @@ Supported layouts:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -132,7 +132,8 @@ def load_ixi(root: str | Path, dataset: str = "ixi") -> tuple[pd.DataFrame, Excl
         if images:
             break
     if not images:
-        raise FileNotFoundError(f"no IXI T1 images (T1/IXInnn-Site-nnnn_T1.nii.gz or IXI-T1/IXInnn-Site-nnnn-T1.nii.gz) under {root}")
+        raise FileNotFoundError(
+            f"no IXI T1 images (T1/IXInnn-Site-nnnn_T1.nii.gz or IXI-T1/IXInnn-Site-nnnn-T1.nii.gz) under {root}")
 
     demog_ages: dict[str, float] = {}
     demog_sex: dict[str, str] = {}

@@ -1,0 +1,1 @@
+"""Dataset sources (standard manifest), image checks, cached preprocessing and torch Datasets."""
