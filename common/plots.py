@@ -34,8 +34,11 @@ def scatter_predicted_vs_age(age: np.ndarray, predicted: np.ndarray, path: str |
     return Path(path)
 
 
-def training_curves(metrics_csv: str | Path, path: str | Path, title: str, metric: str = "mae/val",
-                    metric_label: str = "validation MAE (years)") -> Path:
+METRIC_LABELS = {"mae/val": "validation MAE (years)", "mse/val": "validation MSE (years²)",
+                 "acc/val": "validation accuracy"}
+
+
+def training_curves(metrics_csv: str | Path, path: str | Path, title: str, metric: str = "mae/val") -> Path:
     """Train/val loss and the validation selection metric per epoch from a run's ``metrics.csv``."""
     m = pd.read_csv(metrics_csv)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -46,7 +49,7 @@ def training_curves(metrics_csv: str | Path, path: str | Path, title: str, metri
     axes[0].legend()
     axes[1].plot(m["epoch"], m[metric])
     axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel(metric_label)
+    axes[1].set_ylabel(METRIC_LABELS.get(metric, metric))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

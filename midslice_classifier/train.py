@@ -199,7 +199,7 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
                     resume=resume, selection=VAL_ACCURACY, bn_loader=DataLoader(data["train_plain"], batch_size=batch))
     logger.close()
     training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{method} ({profile})",
-                    metric="acc/val", metric_label="validation accuracy")
+                    metric="acc/val")
     evaluate(str(run_dir), publish=publish, _state=(frame, images, hp, fit, t0))
     return str(run_dir)
 

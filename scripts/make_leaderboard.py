@@ -32,6 +32,16 @@ def _ci(ci) -> str:
     return f" [{_f(ci[0])}, {_f(ci[1])}]" if ci and None not in ci else ""
 
 
+def _params(n) -> str:
+    if not n:
+        return "–"
+    return f"{n / 1e6:.1f} M" if n >= 1e5 else f"{n:,}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def _reported(rep: dict | None) -> str:
     if not rep:
         return "–"
@@ -67,7 +77,7 @@ def brain_age_table(docs: list[dict]) -> str:
             f"{_f(m.get('mae_ratio_to_mean_predictor'))} (mean-age MAE {_f(m.get('mean_predictor_mae'))}) | "
             f"{_f(raw['pearson_r'], 3)} | {_f(raw['r2'], 3)} | {_f(cor['mae'])} | "
             f"{_f(raw['spearman_gap_age'])} → {_f(cor['spearman_gap_age'])} | {_reported(d.get('source_reported'))} | "
-            f"{_f((d.get('n_parameters') or 0) / 1e6, 1)} M | {_f(d['wall_time_s'] / 60, 1)} min |")
+            f"{_params(d.get('n_parameters'))} | {_duration(d['wall_time_s'])} |")
     return "\n".join(rows)
 
 
@@ -86,8 +96,7 @@ def classification_table(docs: list[dict]) -> str:
             f"| {d['dataset']} | {d.get('method_label', d['method'])} | {d['profile']} | {split} | "
             f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)} | {_f(m['accuracy'], 3)}{_ci3(m.get('accuracy_ci95'))} | "
             f"{_f(m['balanced_accuracy'], 3)} | {_f(m['macro_f1'], 3)} | {recall} | {_f(m['majority_class_rate'], 3)} | "
-            f"{_reported(d.get('source_reported'))} | {_f((d.get('n_parameters') or 0) / 1e6, 1)} M | "
-            f"{_f(d['wall_time_s'] / 60, 1)} min |")
+            f"{_reported(d.get('source_reported'))} | {_params(d.get('n_parameters'))} | {_duration(d['wall_time_s'])} |")
     return "\n".join(rows)
 
 
