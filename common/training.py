@@ -281,10 +281,11 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
         if scaler is not None and ckpt.get("scaler_state") is not None:
             scaler.load_state_dict(ckpt["scaler_state"])
         start_epoch = ckpt["epoch"] + 1
-        logger.truncate(start_epoch)
         best_score, best_epoch, stale = ckpt["best_val"], ckpt["best_epoch"], ckpt["stale_epochs"]
         log.info("resumed from %s at epoch %d (best %s %.4f at epoch %d)", run_dir / "last.pt",
                  start_epoch, selection.name, best_score, best_epoch)
+    if resume:  # drop metrics rows of epochs that have no checkpoint (killed after logging, before saving)
+        logger.truncate(start_epoch)
     t0 = time.time()
     epoch = start_epoch - 1
     bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)

@@ -51,7 +51,7 @@ def kill_and_resume(module: str, args: list[str], runs_dir: Path, kill_after: in
         kill_after: epochs that must be logged in ``metrics.csv`` before the kill.
 
     Returns:
-        ``{"identical": bool, "killed_after_epoch": int, "best_epoch": (full, resumed),
+        ``{"identical": bool, "killed_after_epoch": int (-1: before any checkpoint), "best_epoch": (full, resumed),
         "differing_tensors": [...], "metrics_equal": bool}``.
 
     Raises:
@@ -75,7 +75,8 @@ def kill_and_resume(module: str, args: list[str], runs_dir: Path, kill_after: in
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     killed = _run_dir(runs_dir, "killed")
-    done = torch.load(killed / "last.pt", weights_only=True)["epoch"]
+    last = killed / "last.pt"  # may be missing: killed after logging epoch 0 but before saving it
+    done = torch.load(last, weights_only=True)["epoch"] if last.exists() else -1
     if metrics is None or (killed / "metrics_test.json").exists():
         raise RuntimeError("the run finished before it could be killed; use more epochs")
     resumed = subprocess.run(_cmd(module, args, runs_dir, "killed") + ["--resume"], cwd=REPO, env=env,

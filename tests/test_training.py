@@ -88,3 +88,14 @@ def test_resume_from_last_matches_uninterrupted_run(tmp_path):
     for name, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
     assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [0, 1, 2, 3]
+
+
+def test_resume_drops_metrics_rows_without_checkpoint(tmp_path):
+    """A kill after an epoch's metrics row was written but before its checkpoint was saved."""
+    frame = _frame(tmp_path)
+    _fit(tmp_path, frame, "cut", epochs=2)
+    metrics = tmp_path / "cut" / "metrics.csv"
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(rows + [rows[-1].replace("1,", "2,", 1), "3,0.5,"]) + "\n")  # epoch 2 + torn line
+    _, _, run_dir = _fit(tmp_path, frame, "cut", epochs=4, resume=True)
+    assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [0, 1, 2, 3]
