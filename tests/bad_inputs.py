@@ -64,8 +64,8 @@ def write_bad_bids(root: Path, n_good: int = 12) -> Path:
         pid = f"sub-bad{kind.replace('_', '')}"
         rows.append(f"{pid}\t{30 + j}\tF")
         write_volume(root / pid / "anat" / f"{pid}_T1w.nii.gz", kind=kind, seed=100 + j)
-    rows += ["sub-na\tn/a\tM", "sub-dup\t40\tM", "sub-dup\t41\tM", "sub-noimage\t50\tF", "sub-text\tforty\tF"]
-    for pid in ("sub-na", "sub-dup", "sub-noid", "sub-text"):
+    rows += ["sub-na\tn/a\tM", "sub-empty\t\tF", "sub-dup\t40\tM", "sub-dup\t41\tM", "sub-noimage\t50\tF", "sub-text\tforty\tF"]
+    for pid in ("sub-na", "sub-empty", "sub-dup", "sub-noid", "sub-text"):
         write_volume(root / pid / "anat" / f"{pid}_T1w.nii.gz", seed=200 + len(pid))
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     return root

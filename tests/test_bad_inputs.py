@@ -55,7 +55,8 @@ def test_data_source_entry_point(tmp_path):
         assert any(pid in line and phrase in line for line in text.splitlines()), (pid, phrase)
     ages = manifest.set_index("participant_id")["age"]
     assert ages["sub-00"] == pytest.approx(20.5), "decimal comma"
-    assert pd.isna(ages["sub-na"]) and pd.isna(ages["sub-text"]) and pd.isna(ages["sub-noid"])
+    assert pd.isna(ages["sub-na"]) and pd.isna(ages["sub-empty"]) and pd.isna(ages["sub-text"])
+    assert pd.isna(ages["sub-noid"]), "an image without a participants row has no age (kept for prediction only)"
     assert "sub-dup" in set(manifest["participant_id"]) and pd.isna(ages["sub-dup"]), "duplicated IDs give no age"
 
 
