@@ -232,7 +232,7 @@ def prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str | 
             todo.append((i, str(cache_root), spec.to_dict(), row.image_path, row.mask_path))
     if todo:
         workers = workers or min(4, len(os.sched_getaffinity(0)))
-        log.info("preprocessing %d volumes (%d cached) with %d workers", len(todo), len(manifest) - len(todo), workers)
+        log.info("preprocessing %d volumes (%d cached) with %d workers", len(todo), sum(1 for p in paths if p), workers)
         bar = tqdm(total=len(todo), desc=f"preprocess {spec.shape}", unit="vol", leave=False)
         if workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
