@@ -6,12 +6,6 @@
 #   WEIGHTS=runs/alz_cnn/.../best.pt bash midslice_classifier/train.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-DATASET="${DATASET:-ds000228}"
-PROFILE="${PROFILE:-}"
-WEIGHTS="${WEIGHTS:-none}"
-SEED="${SEED:-42}"
-args=(--dataset="$DATASET" --weights="$WEIGHTS" --seed="$SEED")
-[[ -n "$PROFILE" ]] && args+=(--profile="$PROFILE")
-[[ -n "${RUN_NAME:-}" ]] && args+=(--run_name="$RUN_NAME")
-[[ -n "${DATA_ROOT:-}" ]] && args+=(--data_root="$DATA_ROOT")
-exec python -m midslice_classifier.train train "${args[@]}" "$@"
+# Environment: DATASET (ds000228), WEIGHTS (none), PROFILE, SEED, RUN_NAME, DATA_ROOT.
+source scripts/method_args.sh
+run_cli midslice_classifier.train train ds000228 --weights="${WEIGHTS:-none}" "$@"

@@ -70,3 +70,16 @@ def test_fetch_data_links_local_copy(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data" / "ixi_hh").is_symlink(), "--from DIR works on the command line"
+
+
+@pytest.mark.parametrize("wrapper, flag", [("resnet3d/train.sh", "--image_size"),
+                                           ("baselines/vgg16_svr/train.sh", "--keep_triplets")])
+def test_wrapper_help_shows_help_and_never_trains(wrapper, flag, tmp_path):
+    """`bash <method>/train.sh --help` must print the CLI help, not start a run with the defaults."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "RUN_NAME": "must-not-exist", "DATASET": "no_such_dataset"}
+    proc = subprocess.run(["bash", wrapper, "--epochs=1", "--help"], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert flag in proc.stdout + proc.stderr
+    assert not list(REPO.glob("runs/*/*/must-not-exist")), "no run folder was created"

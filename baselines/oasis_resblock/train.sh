@@ -5,11 +5,6 @@
 #   DATASET=ds000228 PROFILE=paper bash baselines/oasis_resblock/train.sh --epochs=30
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-DATASET="${DATASET:-ixi_hh}"
-PROFILE="${PROFILE:-}"
-SEED="${SEED:-42}"
-args=(--dataset="$DATASET" --seed="$SEED")
-[[ -n "$PROFILE" ]] && args+=(--profile="$PROFILE")
-[[ -n "${RUN_NAME:-}" ]] && args+=(--run_name="$RUN_NAME")
-[[ -n "${DATA_ROOT:-}" ]] && args+=(--data_root="$DATA_ROOT")
-exec python -m baselines.oasis_resblock.train train "${args[@]}" "$@"
+# Environment: DATASET (ixi_hh), PROFILE, SEED, RUN_NAME, DATA_ROOT.
+source scripts/method_args.sh
+run_cli baselines.oasis_resblock.train train ixi_hh "$@"

@@ -5,11 +5,6 @@
 #   WEIGHTS=IMAGENET1K_V1 DATASET=ixi_hh bash baselines/vgg16_svr/train.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-DATASET="${DATASET:-ixi_hh}"
-PROFILE="${PROFILE:-}"
-WEIGHTS="${WEIGHTS:-none}"
-args=(--dataset="$DATASET" --weights="$WEIGHTS")
-[[ -n "$PROFILE" ]] && args+=(--profile="$PROFILE")
-[[ -n "${RUN_NAME:-}" ]] && args+=(--run_name="$RUN_NAME")
-[[ -n "${DATA_ROOT:-}" ]] && args+=(--data_root="$DATA_ROOT")
-exec python -m baselines.vgg16_svr.train "${args[@]}" "$@"
+# Environment: DATASET (ixi_hh), WEIGHTS (none), PROFILE, RUN_NAME, DATA_ROOT.
+source scripts/method_args.sh
+run_cli baselines.vgg16_svr.train "" ixi_hh --weights="${WEIGHTS:-none}" "$@"
