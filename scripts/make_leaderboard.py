@@ -61,43 +61,55 @@ def load_results(results_dir: str | Path) -> list[dict]:
     return sorted(docs, key=lambda d: (d.get("task", ""), d["dataset"], d["method"]))
 
 
+def _table(columns: list[str], rows: list[list[str]]) -> str:
+    """Markdown table: header, separator, one line per row of cells."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def _lead(d: dict) -> list[str]:
+    """dataset, method, profile."""
+    return [d["dataset"], d.get("method_label", d["method"]), d["profile"]]
+
+
+def _subjects(d: dict) -> str:
+    n = d["n_subjects"]
+    return f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)}"
+
+
+def _tail(d: dict) -> list[str]:
+    """source reported, params, wall time."""
+    return [_reported(d.get("source_reported")), _params(d.get("n_parameters")), _duration(d["wall_time_s"])]
+
+
 def brain_age_table(docs: list[dict]) -> str:
-    rows = [
-        "| dataset | method | profile | subjects train/val/test | test MAE [95% CI] | MAE / mean-age MAE | Pearson r | R² | "
-        "MAE corrected | Spearman(gap, age) raw → corrected | source reported | params | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["dataset", "method", "profile", "subjects train/val/test", "test MAE [95% CI]", "MAE / mean-age MAE",
+               "Pearson r", "R²", "MAE corrected", "Spearman(gap, age) raw → corrected", "source reported", "params",
+               "wall time"]
+    rows = []
     for d in docs:
         m = d["metrics"]
         raw, cor = m["raw"], m["corrected"]
-        n = d["n_subjects"]
-        rows.append(
-            f"| {d['dataset']} | {d.get('method_label', d['method'])} | {d['profile']} | "
-            f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)} | {_f(raw['mae'])}{_ci(raw.get('mae_ci95'))} | "
-            f"{_f(m.get('mae_ratio_to_mean_predictor'))} (mean-age MAE {_f(m.get('mean_predictor_mae'))}) | "
-            f"{_f(raw['pearson_r'], 3)} | {_f(raw['r2'], 3)} | {_f(cor['mae'])} | "
-            f"{_f(raw['spearman_gap_age'])} → {_f(cor['spearman_gap_age'])} | {_reported(d.get('source_reported'))} | "
-            f"{_params(d.get('n_parameters'))} | {_duration(d['wall_time_s'])} |")
-    return "\n".join(rows)
+        rows.append([*_lead(d), _subjects(d), f"{_f(raw['mae'])}{_ci(raw.get('mae_ci95'))}",
+                     f"{_f(m.get('mae_ratio_to_mean_predictor'))} (mean-age MAE {_f(m.get('mean_predictor_mae'))})",
+                     _f(raw["pearson_r"], 3), _f(raw["r2"], 3), _f(cor["mae"]),
+                     f"{_f(raw['spearman_gap_age'])} → {_f(cor['spearman_gap_age'])}", *_tail(d)])
+    return _table(columns, rows)
 
 
 def classification_table(docs: list[dict]) -> str:
-    rows = [
-        "| dataset | method | profile | split | subjects train/val/test | test accuracy [95% CI] | balanced accuracy | "
-        "macro-F1 | per-class recall | majority-class rate | source reported | params | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["dataset", "method", "profile", "split", "subjects train/val/test", "test accuracy [95% CI]",
+               "balanced accuracy", "macro-F1", "per-class recall", "majority-class rate", "source reported", "params",
+               "wall time"]
+    rows = []
     for d in docs:
         m = d["metrics"]
-        n = d["n_subjects"]
         recall = ", ".join(f"{c} {_f(v)}" for c, v in m["per_class_recall"].items())
         split = "subject-level" if d.get("subject_split", True) else "**not subject-split**"
-        rows.append(
-            f"| {d['dataset']} | {d.get('method_label', d['method'])} | {d['profile']} | {split} | "
-            f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)} | {_f(m['accuracy'], 3)}{_ci3(m.get('accuracy_ci95'))} | "
-            f"{_f(m['balanced_accuracy'], 3)} | {_f(m['macro_f1'], 3)} | {recall} | {_f(m['majority_class_rate'], 3)} | "
-            f"{_reported(d.get('source_reported'))} | {_params(d.get('n_parameters'))} | {_duration(d['wall_time_s'])} |")
-    return "\n".join(rows)
+        rows.append([*_lead(d), split, _subjects(d), f"{_f(m['accuracy'], 3)}{_ci3(m.get('accuracy_ci95'))}",
+                     _f(m["balanced_accuracy"], 3), _f(m["macro_f1"], 3), recall, _f(m["majority_class_rate"], 3),
+                     *_tail(d)])
+    return _table(columns, rows)
 
 
 def _ci3(ci) -> str:
