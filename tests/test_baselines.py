@@ -106,3 +106,9 @@ def test_svr_fusions_use_training_rows_only():
     assert np.corrcoef(early[~train], ages[~train])[0, 1] > 0.5
     with pytest.raises(ValueError, match="same triplet positions"):
         fit_late_fusion(feats[:-1] + [feats[-1][:2]], ages, train, C=1, epsilon=0.1)
+
+
+def test_random_init_vgg16_is_seeded():
+    a, b, c = VGG16Features("none", seed=0), VGG16Features("none", seed=0), VGG16Features("none", seed=1)
+    assert torch.equal(a.features[0].weight, b.features[0].weight), "same seed, same random weights"
+    assert not torch.equal(a.features[0].weight, c.features[0].weight)

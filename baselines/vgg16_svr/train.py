@@ -81,7 +81,7 @@ def fit_late_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndar
 
 
 def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "none", data_root: str | None = None,
-         keep_triplets: int | None = None, run_name: str | None = None, runs_dir: str = "runs",
+         keep_triplets: int | None = None, seed: int = 42, run_name: str | None = None, runs_dir: str = "runs",
          results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
          publish: bool = True) -> str:
     """Extract (or load cached) VGG16 features, fit both fusions on the training split, fit the
@@ -94,6 +94,7 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
             API; a clear error when not cached and not downloadable), or a path to a VGG16 state dict.
         data_root: data folder.
         keep_triplets: override the number of central triplet positions kept.
+        seed: seed of the random VGG16 initialisation (used with ``--weights=none``).
         run_name: run folder name.
         runs_dir: root of run folders.
         results_dir: split files in, result JSON out.
@@ -109,11 +110,11 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     configure_cpu_threads()
     profile = profile or default_profile()
     hp = resolve_profile(PROFILES, profile, {"keep_triplets": keep_triplets})
-    extractor = VGG16Features(weights)
+    extractor = VGG16Features(weights, seed=seed)
     suffix = "_randinit" if weights in ("none", "", None) else ""
     run_dir = Path(runs_dir) / f"vgg16_svr{suffix}" / dataset / (run_name or default_run_name(profile))
     frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
-    cache = FeatureCache(cache_dir, extractor, str(weights), hp["keep_triplets"])
+    cache = FeatureCache(cache_dir, extractor, str(weights), hp["keep_triplets"], seed=seed)
     features, keep = [], []
     for i, row in enumerate(tqdm(list(frame.itertuples()), desc="VGG16 features", unit="scan")):
         try:
@@ -125,7 +126,8 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     run_dir.mkdir(parents=True, exist_ok=True)
     exclusions.write(run_dir / "exclusions.csv")
     logger = RunLogger(run_dir, {"dataset": dataset, "profile": profile, "weights": str(weights),
-                                 "weights_provenance": extractor.provenance, **hp, "results_dir": results_dir,
+                                 "weights_provenance": extractor.provenance, **hp, "seed": seed,
+                                 "results_dir": results_dir,
                                  "n_triplets": int(features[0].shape[0]), "feature_dim": int(features[0].shape[1])},
                        torch.device("cpu"))
     logger.close()
@@ -149,7 +151,8 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
                 notes.append(f"cpu profile: the {hp['keep_triplets']} central axial triplets only")
             publish_brain_age_result(
                 results_dir, frame, report, method=method, method_label=label, source=SOURCE, dataset=dataset,
-                profile=profile, source_reported=SOURCE_REPORTED[fusion], parameters=hp, n_parameters=None,
+                profile=profile, source_reported=SOURCE_REPORTED[fusion], parameters={**hp, "seed": seed},
+                n_parameters=None,
                 wall_time_s=time.time() - t0, environment=environment_info(torch.device("cpu")), commit=git_commit(),
                 run_dir=sub, notes=notes, readme_folder="baselines/vgg16_svr")
     return str(run_dir)
