@@ -9,6 +9,7 @@ split is only ever transformed with them.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -155,7 +156,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     boot = []
     for _ in range(n_resamples):
         i = rng.integers(0, len(y_true), len(y_true))
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a resample may lack a class: recall is NaN there
             boot.append(scores(y_true[i], y_pred[i]))
     boot = np.array(boot)
     lo, hi = np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)

@@ -73,8 +73,10 @@ def _lead(d: dict) -> list[str]:
 
 
 def _subjects(d: dict) -> str:
+    """``train/val/test`` counts; datasets without subject IDs count images (``n_subjects["unit"]``)."""
     n = d["n_subjects"]
-    return f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)}"
+    unit = f" {n['unit']}" if n.get("unit") else ""
+    return f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)}{unit}"
 
 
 def _tail(d: dict) -> list[str]:

@@ -6,8 +6,8 @@
 #   METHODS=resnet3d DATASETS=ixi_hh PROFILE=cpu bash scripts/reproduce.sh
 #
 # METHODS   space/comma-separated subset of: reference resnet3d oasis_resblock vgg16_svr midslice_classifier
-#           (default: all; "reference" = mean-age predictor and ROI ridge)
-# DATASETS  space/comma-separated subset of: ixi_hh ds000228     (default: all a method applies to)
+#           alz_cnn   (default: all; "reference" = mean-age predictor and ROI ridge)
+# DATASETS  space/comma-separated subset of: ixi_hh ds000228 alzheimer4   (default: all a method applies to)
 # PROFILE   paper | cpu   (default: paper with a CUDA GPU, else cpu)
 # DATA_ROOT data folder   (default: ../shared/data, else data/)
 set -euo pipefail
@@ -25,19 +25,21 @@ if [[ -z "${DATA_ROOT:-}" ]]; then
 fi
 export DATA_ROOT
 PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; print(default_profile())')}"
-ALL_METHODS="reference resnet3d oasis_resblock vgg16_svr midslice_classifier"
+ALL_METHODS="reference resnet3d oasis_resblock vgg16_svr midslice_classifier alz_cnn"
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
-DATASETS="${DATASETS:-ixi_hh ds000228}"; DATASETS="${DATASETS//,/ }"
+DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
 echo "[reproduce] DATA_ROOT=$DATA_ROOT PROFILE=$PROFILE METHODS=$METHODS DATASETS=$DATASETS"
 
-python scripts/make_splits.py --datasets="${DATASETS// /,}"
+# Subject-level splits for the datasets with subject IDs (alzheimer4 keeps its published folders).
+SPLIT_DATASETS=$(for d in $DATASETS; do [[ "$d" == alzheimer4 ]] || printf '%s,' "$d"; done)
+[[ -n "$SPLIT_DATASETS" ]] && python scripts/make_splits.py --datasets="${SPLIT_DATASETS%,}"
 
 declare -A APPLIES=( [reference]="ixi_hh ds000228" [resnet3d]="ixi_hh ds000228" [oasis_resblock]="ixi_hh ds000228"
-                     [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" )
+                     [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" [alz_cnn]="alzheimer4" )
 declare -A SCRIPT=( [reference]="baselines/reference.sh" [resnet3d]="resnet3d/train.sh"
                     [oasis_resblock]="baselines/oasis_resblock/train.sh" [vgg16_svr]="baselines/vgg16_svr/train.sh"
-                    [midslice_classifier]="midslice_classifier/train.sh" )
+                    [midslice_classifier]="midslice_classifier/train.sh" [alz_cnn]="alz_cnn/compare_transfer.sh" )
 failed=()
 for method in $METHODS; do
   [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS)" >&2; exit 2; }

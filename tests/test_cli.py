@@ -19,6 +19,8 @@ CLIS = [
     ("baselines.vgg16_svr.train", []), ("baselines.reference", ["mean_age"]), ("baselines.reference", ["roi_ridge"]),
     ("scripts.make_splits", []), ("scripts.make_leaderboard", []), ("scripts.fetch_data", []),
     ("scripts.check_resume", []),
+    ("alz_cnn.train", ["train"]), ("alz_cnn.train", ["test"]), ("alz_cnn.train", ["compare"]),
+    ("alz_cnn.train", ["summarize"]),
 ]
 
 
@@ -73,7 +75,8 @@ def test_fetch_data_links_local_copy(tmp_path):
 
 
 @pytest.mark.parametrize("wrapper, flag", [("resnet3d/train.sh", "--image_size"),
-                                           ("baselines/vgg16_svr/train.sh", "--keep_triplets")])
+                                           ("baselines/vgg16_svr/train.sh", "--keep_triplets"),
+                                           ("alz_cnn/compare_transfer.sh", "--models")])
 def test_wrapper_help_shows_help_and_never_trains(wrapper, flag, tmp_path):
     """`bash <method>/train.sh --help` must print the CLI help, not start a run with the defaults."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

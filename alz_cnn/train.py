@@ -1,0 +1,426 @@
+"""Train and test AltzCNN and the transfer-learning models on the 4-class Alzheimer slices.
+
+    python -m alz_cnn.train train --model=altzcnn
+    python -m alz_cnn.train train --model=resnet50_dora
+    python -m alz_cnn.train compare                 # every model, one process each, then the table
+    python -m alz_cnn.train test --run_dir=runs/alz_altzcnn/alzheimer4/<run_name>
+
+Source: "DL-Project-Brain-MRI-Classification" (AltzCNN notebook). The published ``train/`` and
+``test/`` folders have no subject IDs, so every result here is "not subject-split"; a near-duplicate
+search between the two folders shows how much of the test folder the training folder already
+contains. Deviations are listed in alz_cnn/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import fire
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from alz_cnn.data import AlzheimerSlices, cached_images, load_alzheimer4, source_augmentation
+from alz_cnn.model import AltzCNN, build_transfer_model, count_parameters, model_size_mb
+from alz_cnn.near_duplicates import DEFAULT_THRESHOLD, DEFAULT_THUMBNAIL, find_near_duplicates, near_duplicate_figure
+from common.classification import publish_classification_result, report_classification
+from common.device import configure_cpu_threads, default_profile, select_device
+from common.experiment import default_run_name, resolve_profile
+from common.io import write_csv, write_json
+from common.metrics import classification_metrics
+from common.paths import find_data_root
+from common.plots import training_curves
+from common.runlog import RunLogger, environment_info, git_commit
+from common.training import VAL_ACCURACY, FitConfig, fit_model, load_checkpoint, predict
+
+log = logging.getLogger("alz_cnn")
+
+DATASET = "alzheimer4"
+#: The near-duplicate search always works from the 64x64 cache, whatever the model's input size.
+LEAKAGE_IMAGE_SIZE = 64
+SOURCE = '"DL-Project-Brain-MRI-Classification" (AltzCNN notebook; 44,000-image augmented dataset, image-level split)'
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the comparison.
+
+    Attributes:
+        label: name shown in tables.
+        arch: torchvision architecture (None: AltzCNN).
+        dora: DoRA head (rank 4, alpha 8).
+        source_accuracy: test accuracy the source reports (fraction), or None.
+        source_size_mb, source_train_s: model size and training time the source reports.
+    """
+
+    label: str
+    arch: str | None
+    dora: bool = False
+    source_accuracy: float | None = None
+    source_size_mb: float | None = None
+    source_train_s: float | None = None
+
+
+MODELS = {
+    "altzcnn": ModelSpec("AltzCNN", None, False, 0.9586, 22.93, 6553),
+    "resnet18": ModelSpec("ResNet-18", "resnet18"),
+    "resnet50": ModelSpec("ResNet-50", "resnet50", False, 0.9903, 89.91, 1136),
+    "resnet50_dora": ModelSpec("ResNet-50 + DoRA head", "resnet50", True, 0.9913, 89.95, 1117),
+    "efficientnet_b0": ModelSpec("EfficientNet-B0", "efficientnet_b0", False, 0.9904, 15.47, 1578),
+    "efficientnet_b0_dora": ModelSpec("EfficientNet-B0 + DoRA head", "efficientnet_b0", True, 0.9892, 15.49, 1132),
+    "vit_b_16": ModelSpec("ViT-B/16", "vit_b_16", False, 0.9891, 327.31, 10136),
+}
+
+_ALTZ_PAPER = dict(epochs=20, batch_size=128, lr=3e-4, image_size=64, augment=False, max_train_images=0)
+_TRANSFER_PAPER = dict(_ALTZ_PAPER, epochs=10, image_size=224, augment=True)
+#: Per model: ``paper`` (the source: AltzCNN 64x64, batch 128, Adam 3e-4, 20 epochs; transfer models
+#: at 224x224 with the source's augmentation) and ``cpu`` (what fits the 20-minute budget of the
+#: whole comparison on 2 cores; measured costs per training image: AltzCNN 0.017 s at 64x64,
+#: ResNet-18 0.011 s, ResNet-50 0.022 s, EfficientNet-B0 0.009 s at 64x64, ViT-B/16 about 0.2 s at
+#: 64x64 and 10x that at 224x224).
+#: ``max_train_images`` > 0 trains on a class-stratified subset of that many training images.
+HYPERPARAMETERS = {
+    name: {"paper": dict(_ALTZ_PAPER if spec.arch is None else _TRANSFER_PAPER)} for name, spec in MODELS.items()
+}
+HYPERPARAMETERS["altzcnn"]["cpu"] = dict(_ALTZ_PAPER, epochs=8)
+for _name in ("resnet18", "resnet50", "resnet50_dora", "efficientnet_b0", "efficientnet_b0_dora"):
+    HYPERPARAMETERS[_name]["cpu"] = dict(_TRANSFER_PAPER, image_size=64, epochs=1)
+HYPERPARAMETERS["vit_b_16"]["cpu"] = dict(_TRANSFER_PAPER, image_size=64, epochs=1, max_train_images=512)
+
+
+def method_name(model: str) -> str:
+    """Result/run name of a model: ``alz_<model>``."""
+    return f"alz_{model}"
+
+
+def build_model(model: str, num_classes: int, weights: str = "none", image_size: int = 64) -> tuple[torch.nn.Module, str]:
+    """The network of ``model`` (a key of :data:`MODELS`) and its weights provenance.
+
+    Raises:
+        KeyError: unknown model.
+        ValueError: weights requested for AltzCNN (it has none).
+    """
+    if model not in MODELS:
+        raise KeyError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
+    spec = MODELS[model]
+    if spec.arch is None:
+        if weights not in ("none", "", None):
+            raise ValueError("AltzCNN is trained from scratch; it has no pretrained weights")
+        return AltzCNN(num_classes), "random initialisation (no pretrained weights)"
+    return build_transfer_model(spec.arch, num_classes, weights, dora=spec.dora, image_size=image_size)
+
+
+def _subset(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A class-stratified seeded subset of ``n`` of ``rows`` (all of them when n <= 0 or n >= len)."""
+    if n <= 0 or n >= len(rows):
+        return rows
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(rows, train_size=n, random_state=seed, stratify=labels[rows])
+    return np.sort(keep)
+
+
+def _load(data_root: str | None, cache_dir: str, image_size: int, val_fraction: float, seed: int):
+    frame, class_names, exclusions = load_alzheimer4(find_data_root(data_root) / DATASET, val_fraction, seed)
+    images = cached_images(frame, image_size, cache_dir)
+    return frame, class_names, exclusions, images
+
+
+def leakage_table(frame: pd.DataFrame, images: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """Nearest image of the published ``train/`` folder (train + val splits) for each test image."""
+    test = np.flatnonzero(frame["split"] == "test")
+    train = np.flatnonzero(frame["split"] != "test")
+    return find_near_duplicates(frame.iloc[test], images[test], frame.iloc[train], images[train], threshold)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process in MB: CUDA allocator peak on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DATASET, weights: str = "none",
+          data_root: str | None = None, epochs: int | None = None, lr: float | None = None,
+          batch_size: int | None = None, image_size: int | None = None, max_train_images: int | None = None,
+          val_fraction: float = 0.15, seed: int = 42, device: str = "auto", run_name: str | None = None,
+          runs_dir: str = "runs", results_dir: str = "results", cache_dir: str = ".cache",
+          resume: bool = False, publish: bool = True) -> str:
+    """Train one model on ``train/`` minus the validation images, keep the epoch with the best
+    validation accuracy, then test once on the published ``test/`` folder.
+
+    Args:
+        model: altzcnn, resnet18, resnet50, resnet50_dora, efficientnet_b0, efficientnet_b0_dora or vit_b_16.
+        profile: ``paper`` or ``cpu`` (default: paper with a GPU, else cpu); see ``HYPERPARAMETERS``.
+        dataset: must be ``alzheimer4`` (class-per-folder layout with train/ and test/).
+        weights: transfer models only: ``none`` (from scratch), ``IMAGENET1K_V1`` (torchvision
+            weights API; fails with a clear message when unavailable) or a state-dict path.
+        data_root: data folder (default: $DATA_ROOT, ../shared/data, data/).
+        epochs, lr, batch_size, image_size, max_train_images: override the profile.
+        val_fraction: share of ``train/`` held out for validation (class-stratified, seeded).
+        seed: random seed (validation split, initialisation, data order, augmentation).
+        device: ``auto``, ``cpu``, ``cuda``...
+        run_name: run folder name (default: ``<profile>-<UTC time>``).
+        runs_dir: root of run folders.
+        results_dir: where ``alz_<model>__alzheimer4.json`` is written.
+        cache_dir: where the decoded, resized images are cached.
+        resume: continue ``run_name`` from its ``last.pt``.
+        publish: write the result JSON.
+
+    Returns:
+        The run folder.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t0 = time.time()
+    if dataset != DATASET:
+        raise ValueError(f"alz_cnn trains on the {DATASET} folder layout, not {dataset!r}")
+    if model not in MODELS:
+        raise KeyError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
+    profile = profile or default_profile()
+    hp = resolve_profile(HYPERPARAMETERS[model], profile, {
+        "epochs": epochs, "lr": lr, "batch_size": batch_size, "image_size": image_size,
+        "max_train_images": max_train_images})
+    dev = select_device(device)
+    if dev.type == "cpu":
+        configure_cpu_threads()
+    method = method_name(model)
+    run_dir = Path(runs_dir) / method / dataset / (run_name or default_run_name(profile))
+    if (run_dir / "last.pt").exists() and not resume:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
+    frame, class_names, exclusions, images = _load(data_root, cache_dir, hp["image_size"], val_fraction, seed)
+    torch.manual_seed(seed)
+    net, provenance = build_model(model, len(class_names), weights, hp["image_size"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    exclusions.write(run_dir / "exclusions.csv")
+    labels = frame["label_index"].to_numpy()
+    train_rows = _subset(np.flatnonzero(frame["split"] == "train"), labels, hp["max_train_images"], seed)
+    val_rows = np.flatnonzero(frame["split"] == "val")
+    normalize = MODELS[model].arch is not None
+    train_set = AlzheimerSlices(images, labels, train_rows, source_augmentation() if hp["augment"] else None, normalize)
+    val_set = AlzheimerSlices(images, labels, val_rows, None, normalize)
+    config = {"method": method, "model": model, "dataset": dataset, "profile": profile, "weights": str(weights),
+              "weights_provenance": provenance, **hp, "val_fraction": val_fraction, "seed": seed,
+              "n_train_images": len(train_rows), "n_val_images": len(val_rows), "run_dir": str(run_dir),
+              "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir, "class_names": class_names}
+    logger = RunLogger(run_dir, config, dev, resume=resume)
+    net = net.to(dev)
+    optimizer = torch.optim.Adam(net.parameters(), lr=hp["lr"])
+    gen = torch.Generator().manual_seed(seed)
+    meta = {"method": method, "model": model, "class_names": class_names, "weights": str(weights),
+            "image_size": hp["image_size"], "commit": git_commit()}
+    fit = fit_model(net, optimizer, None, torch.nn.CrossEntropyLoss(),
+                    DataLoader(train_set, batch_size=hp["batch_size"], shuffle=True, generator=gen),
+                    DataLoader(val_set, batch_size=256), dev, FitConfig(epochs=hp["epochs"], seed=seed),
+                    run_dir, logger, meta, resume=resume, selection=VAL_ACCURACY)
+    logger.close()
+    training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{MODELS[model].label} ({profile})",
+                    metric="acc/val")
+    usage = {"train_seconds": fit["train_seconds"], "peak_memory_mb": peak_memory_mb(dev),
+             "best_epoch": fit["best_epoch"], "best_val_accuracy": fit["best_val"]}
+    write_json(run_dir / "usage.json", usage)
+    evaluate(str(run_dir), publish=publish, device=device, _state=(frame, class_names, images, t0))
+    return str(run_dir)
+
+
+def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=None) -> dict:
+    """Test a finished run's ``best.pt`` on the published ``test/`` folder, overall and on the test
+    images that have no near-duplicate in ``train/``.
+
+    Args:
+        run_dir: the run folder.
+        publish: write ``results/alz_<model>__alzheimer4.json``.
+        device: compute device.
+
+    Returns:
+        Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall with 95% CIs, and
+        ``no_near_duplicate``: the same on the near-duplicate-free test images).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    if _state is None:
+        frame, class_names, _, images = _load(cfg["data_root"], cfg["cache_dir"], cfg["image_size"],
+                                              cfg["val_fraction"], cfg["seed"])
+        t0 = time.time()
+    else:
+        frame, class_names, images, t0 = _state
+    dev = select_device(device)
+    ckpt = load_checkpoint(run_dir / "best.pt", cfg["method"])
+    net, _ = build_model(cfg["model"], len(class_names), "none", cfg["image_size"])
+    net.load_state_dict(ckpt["model_state"])
+    net = net.to(dev)
+    labels = frame["label_index"].to_numpy()
+    test_rows = np.flatnonzero(frame["split"] == "test")
+    test_set = AlzheimerSlices(images, labels, test_rows, None, MODELS[cfg["model"]].arch is not None)
+    idx, targets, logits = predict(net, DataLoader(test_set, batch_size=256), dev)
+    ids = frame["image"].to_numpy()[test_rows][idx]
+    label = f"{MODELS[cfg['model']].label} ({cfg['profile']})"
+    metrics = report_classification(ids, targets, logits, class_names, run_dir, label, id_column="image")
+    small = images if cfg["image_size"] == LEAKAGE_IMAGE_SIZE else cached_images(frame, LEAKAGE_IMAGE_SIZE, cfg["cache_dir"])
+    leak = leakage_table(frame, small)
+    write_csv(run_dir / "near_duplicates_test.csv", leak)
+    near_duplicate_figure(leak, small[test_rows], small, {img: i for i, img in enumerate(frame["image"])},
+                          run_dir / "near_duplicates.png")
+    clean = ~leak["near_duplicate"].to_numpy()[idx]
+    if clean.any():
+        sub = classification_metrics(targets[clean], logits[clean].argmax(1), class_names)
+        sub = {k: sub[k] for k in ("accuracy", "accuracy_ci95", "balanced_accuracy", "macro_f1", "per_class_recall", "n")}
+    else:
+        sub = {"accuracy": float("nan"), "n": 0}
+    metrics["no_near_duplicate"] = {**sub, "threshold": DEFAULT_THRESHOLD}
+    write_json(run_dir / "metrics_test.json", metrics)
+    log.info("test accuracy %.4f; on the %d test images without a near-duplicate in train/: %.4f",
+             metrics["accuracy"], sub["n"], sub["accuracy"])
+    if publish:
+        usage_path = run_dir / "usage.json"
+        usage = json.loads(usage_path.read_text()) if usage_path.exists() else {}
+        spec = MODELS[cfg["model"]]
+        notes = [f"weights: {cfg['weights_provenance']}", "published train/test folders: image-level, not subject-split"]
+        if spec.arch is not None and cfg["weights"] == "none":
+            notes.append("ImageNet weights cannot be downloaded here: trained from scratch")
+        if cfg["max_train_images"]:
+            notes.append(f"trained on a stratified subset of {cfg['n_train_images']} training images")
+        params = {k: cfg[k] for k in _ALTZ_PAPER} | {"weights": cfg["weights"], "n_train_images": cfg["n_train_images"],
+                                                     "n_val_images": cfg["n_val_images"],
+                                                     "size_mb": round(model_size_mb(net), 2)} | usage
+        reported = None
+        if spec.source_accuracy is not None:
+            reported = {"accuracy": spec.source_accuracy, "size_mb": spec.source_size_mb,
+                        "train_time_s": spec.source_train_s,
+                        "dataset": "44,000-image augmented version, 70/15/15 image-level random split"}
+        counts = frame["split"].value_counts()
+        path = publish_classification_result(
+            cfg["results_dir"], metrics, method=cfg["method"], method_label=f"{spec.label} ({cfg['weights_provenance']})",
+            source=SOURCE, dataset=cfg["dataset"], profile=cfg["profile"], source_reported=reported,
+            n_subjects={s: int(counts.get(s, 0)) for s in ("train", "val", "test")} | {"unit": "images"},
+            parameters=params, n_parameters=count_parameters(net), wall_time_s=time.time() - t0,
+            environment=environment_info(dev), commit=git_commit(), run_dir=run_dir, notes=notes,
+            subject_split=False, readme_folder="alz_cnn")
+        log.info("wrote %s", path)
+    return metrics
+
+
+def compare(models: str = ",".join(MODELS), profile: str | None = None, dataset: str = DATASET,
+            data_root: str | None = None, seed: int = 42, run_name: str | None = None, results_dir: str = "results",
+            cache_dir: str = ".cache", figures_dir: str = "alz_cnn/figures") -> str:
+    """Train and test every model, each in its own process (so peak memory is per model), then write
+    the comparison table and figures (:func:`summarize`).
+
+    Args:
+        models: comma-separated keys of ``MODELS`` (default: all, AltzCNN first).
+        profile: ``paper`` or ``cpu``.
+        dataset: must be ``alzheimer4``.
+        data_root, seed, results_dir, cache_dir: passed to :func:`train`.
+        run_name: run folder name shared by the models (default: ``<profile>-<UTC time>``).
+        figures_dir: where the confusion matrices and the near-duplicate figure are copied.
+
+    Returns:
+        The path of the README table.
+
+    Raises:
+        RuntimeError: a model's training failed (the others still run; the table shows what finished).
+    """
+    if dataset != DATASET:
+        raise ValueError(f"alz_cnn compares models on the {DATASET} folder layout, not {dataset!r}")
+    profile = profile or default_profile()
+    run_name = run_name or default_run_name(profile)
+    names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
+    failed = []
+    for name in names:
+        cmd = [sys.executable, "-m", "alz_cnn.train", "train", f"--model={name}", f"--profile={profile}",
+               f"--seed={seed}", f"--run_name={run_name}", f"--results_dir={results_dir}", f"--cache_dir={cache_dir}"]
+        if data_root:
+            cmd.append(f"--data_root={data_root}")
+        log.info("training %s: %s", name, " ".join(cmd))
+        if subprocess.run(cmd, check=False).returncode != 0:
+            failed.append(name)
+    out = summarize(results_dir=results_dir, figures_dir=figures_dir)
+    if failed:
+        raise RuntimeError(f"training failed for {failed}; the table shows the models that finished")
+    return out
+
+
+def _num(value: float | None, fmt: str) -> str:
+    """Format a number from a result file; missing or NaN (stored as null) shows as a dash."""
+    return "–" if value is None or value != value else format(value, fmt)
+
+
+def _fmt_ci(value: float, ci: list[float]) -> str:
+    return f"{_num(value, '.3f')} [{_num(ci[0], '.3f')}, {_num(ci[1], '.3f')}]"
+
+
+def summarize(results_dir: str = "results", figures_dir: str = "alz_cnn/figures",
+              readme: str = "alz_cnn/README.md") -> str:
+    """Write the comparison table (between ``<!-- comparison:start -->`` and ``<!-- comparison:end -->``
+    in ``readme``), each model's confusion matrix and the near-duplicate figure under ``figures_dir``,
+    from the result files of the finished models.
+
+    Returns:
+        The README path.
+    """
+    import shutil
+
+    from scripts.make_leaderboard import replace_block
+
+    figures = Path(figures_dir)
+    figures.mkdir(parents=True, exist_ok=True)
+    rows, leak_line = [], ""
+    for name, spec in MODELS.items():
+        path = Path(results_dir) / f"{method_name(name)}__{DATASET}.json"
+        if not path.exists():
+            continue
+        doc = json.loads(path.read_text())
+        m, p = doc["metrics"], doc["parameters"]
+        recall = ", ".join(f"{c.removesuffix('Demented') or c} {_num(v, '.2f')} [{_num(lo, '.2f')}, {_num(hi, '.2f')}]"
+                           for (c, v), (lo, hi)
+                           in zip(m["per_class_recall"].items(), m["per_class_recall_ci95"].values()))
+        clean = m.get("no_near_duplicate", {})
+        source = (f"{spec.source_accuracy:.4f} / {spec.source_size_mb} MB / {spec.source_train_s} s"
+                  if spec.source_accuracy else "–")
+        epochs = f"{p['epochs']} ep" + (f", {p['n_train_images']} imgs" if p.get("max_train_images") else "")
+        rows.append(f"| {spec.label} | {doc['profile']}: {p['image_size']} px, {epochs} | {doc['n_parameters']:,} | "
+                    f"{_num(p['size_mb'], '.2f')} | {_num(p.get('train_seconds'), '.0f')} | "
+                    f"{_num(p.get('peak_memory_mb'), '.0f')} | {_fmt_ci(m['accuracy'], m['accuracy_ci95'])} | "
+                    f"{_num(m['balanced_accuracy'], '.3f')} | {_num(m['macro_f1'], '.3f')} | {recall} | "
+                    f"{_num(clean.get('accuracy'), '.3f')} (n={clean.get('n', 0)}) | {source} |")
+        confusion = Path(doc["run_dir"]) / "confusion_test.png"
+        if confusion.exists():
+            shutil.copyfile(confusion, figures / f"confusion_{name}.png")
+        leak_csv = Path(doc["run_dir"]) / "near_duplicates_test.csv"
+        if leak_csv.exists() and not leak_line:
+            leak_line = _leakage_summary(pd.read_csv(leak_csv))
+            shutil.copyfile(Path(doc["run_dir"]) / "near_duplicates.png", figures / "near_duplicates.png")
+    header = ("| model | profile | params | size [MB] | train time [s] | peak memory [MB] | test accuracy [95% CI] | "
+              "balanced acc. | macro-F1 | per-class recall [95% CI] | accuracy without near-duplicates | "
+              "source: accuracy / size / train time |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    table = "\n".join([header, *rows]) if rows else "_No finished model yet: run `bash alz_cnn/compare_transfer.sh`._"
+    text = (f"Generated by `python -m alz_cnn.train summarize` from `results/alz_*__{DATASET}.json` "
+            "(published test folder, 1,279 images; **not subject-split**).\n\n" + table + "\n\n" + leak_line)
+    replace_block(Path(readme), "<!-- comparison:start -->", "<!-- comparison:end -->", text)
+    return readme
+
+
+def _leakage_summary(leak: pd.DataFrame) -> str:
+    n, dup = len(leak), int(leak["near_duplicate"].sum())
+    same = int((leak["near_duplicate"] & (leak["label"] == leak["nearest_label"])).sum())
+    counts = ", ".join(f"r >= {t}: {int((leak['correlation'] >= t).sum())}" for t in (0.95, 0.97, 0.98, 0.99))
+    return (f"Near-duplicates: {dup} of {n} test images ({dup / n:.1%}) have a training image with Pearson "
+            f"r >= {DEFAULT_THRESHOLD} on {DEFAULT_THUMBNAIL}x{DEFAULT_THUMBNAIL} thumbnails ({same} of them with the "
+            f"same label); by threshold: "
+            f"{counts}. Median nearest-neighbour r: {leak['correlation'].median():.3f}.\n\n"
+            "![near-duplicate pairs](figures/near_duplicates.png)\n")
+
+
+#: The command-line interface (fire).
+CLI = {"train": train, "test": evaluate, "compare": compare, "summarize": summarize}
+
+if __name__ == "__main__":
+    fire.Fire(CLI)
