@@ -1,0 +1,157 @@
+"""TSAN building blocks: exact sizes of the public code, tiny forward/backward of both stages, the
+asymmetric convolution and SE blocks, discretisation, the age-difference and ranking losses, and a
+sorter pretraining smoke run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tsan.model import (
+    AsymmetricConv3d,
+    ScaleDense,
+    ScaleDenseBlock,
+    SecondStageScaleDense,
+    SqueezeExcitation3d,
+    discretize_age,
+    init_weights,
+    sex_one_hot,
+)
+from tsan.ranking import RankingLoss, SoDeepSorter, age_difference_loss, descending_rank, pretrain_sorter
+
+
+def _count(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_parameter_counts_match_the_public_code():
+    assert _count(ScaleDense(8, 5, True)) == 102_378_307
+    assert _count(SecondStageScaleDense(8, 5, True)) == 102_379_411
+    assert _count(SoDeepSorter(8)) == 8_474_632
+    assert _count(SoDeepSorter(32)) == 9_457_696
+
+
+def test_scale_dense_channels_double_per_block():
+    block = ScaleDenseBlock(8, 16)
+    out = block(torch.randn(2, 8, 8, 8, 8))
+    assert out.shape == (2, 24, 4, 4, 4), "8 pooled input channels + 16 new ones, half the size"
+    assert ScaleDense(8, 5).trunk.out_channels == 1944
+
+
+def test_asymmetric_conv_is_the_sum_of_its_branches():
+    torch.manual_seed(0)
+    conv = AsymmetricConv3d(3, 4).eval()
+    x = torch.randn(1, 3, 5, 6, 7)
+    out = conv(x)
+    assert out.shape == (1, 4, 5, 6, 7)
+    assert torch.allclose(out, sum(b(x) for b in conv.branches), atol=1e-6)
+    assert [tuple(b[0].kernel_size) for b in conv.branches] == [(3, 3, 3), (1, 1, 3), (3, 1, 1), (1, 3, 1)]
+
+
+def test_squeeze_excitation_rescales_channels():
+    se = SqueezeExcitation3d(32, reduction=16)
+    assert se.fc1.out_features == 2
+    x = torch.rand(2, 32, 3, 3, 3)
+    out = se(x)
+    ratio = out / x
+    assert torch.allclose(ratio, ratio[:, :, :1, :1, :1].expand_as(ratio), atol=1e-6), "one weight per channel"
+    assert ((ratio > 0) & (ratio < 1)).all()
+
+
+@pytest.mark.parametrize("use_sex", [True, False])
+def test_tiny_stages_forward_backward(use_sex):
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 24, 28, 24)
+    sex = sex_one_hot(torch.tensor([0, 1]))
+    stage1 = ScaleDense(nb_filter=2, nb_block=2, use_sex=use_sex)
+    stage1.apply(init_weights)
+    age = stage1(x, sex)
+    assert age.shape == (2, 1) and (age >= 0).all(), "stage 1 ends in ReLU"
+    age.sum().backward()
+    assert stage1.trunk.stem[0].weight.grad is not None
+    stage2 = SecondStageScaleDense(nb_filter=2, nb_block=2, use_sex=use_sex)
+    d = discretize_age(torch.tensor([[42.4], [57.6]]))
+    residual, pred = stage2(x, sex, d)
+    assert residual.shape == pred.shape == (2, 1)
+    assert torch.allclose(pred, residual + d)
+    (residual.pow(2).sum() + pred.sum()).backward()
+    assert stage2.discrete_age_fc[0].weight.grad is not None
+
+
+def test_normalized_d_variant_only_changes_the_d_input():
+    torch.manual_seed(0)
+    plain = SecondStageScaleDense(2, 2)
+    variant = SecondStageScaleDense(2, 2, normalize_discrete_age=True, age_mean=50.0, age_std=10.0)
+    variant.load_state_dict(plain.state_dict() | {"age_stats": variant.age_stats})
+    x, sex = torch.randn(1, 1, 24, 28, 24), sex_one_hot(torch.tensor([1]))
+    plain.eval(), variant.eval()
+    r1, _ = plain(x, sex, torch.tensor([[1.0]]))
+    r2, p2 = variant(x, sex, torch.tensor([[60.0]]))
+    assert torch.allclose(r1, r2, atol=1e-5), "(60 - 50) / 10 = 1 reaches the d branch"
+    assert torch.allclose(p2, r2 + 60.0), "the prediction still adds d in years"
+
+
+def test_discretize_age_halves_and_edges():
+    ages = torch.tensor([62.4, 62.5, 65.0, 67.49, 0.0, 2.5, 7.4999, 89.99])
+    assert discretize_age(ages).tolist() == [60.0, 65.0, 65.0, 65.0, 0.0, 5.0, 5.0, 90.0]
+    assert discretize_age(torch.tensor([11.0]), step=2).tolist() == [12.0], "11 is half way between 10 and 12: up"
+    with pytest.raises(ValueError):
+        discretize_age(ages, step=0)
+
+
+def test_sex_one_hot_rejects_unknown_codes():
+    assert sex_one_hot(torch.tensor([1, 0])).tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    with pytest.raises(ValueError, match="0 \\(female\\) or 1"):
+        sex_one_hot(torch.tensor([2]))
+
+
+def test_age_difference_loss_hand_worked():
+    pred = torch.tensor([10.0, 20.0, 40.0])
+    true = torch.tensor([12.0, 20.0, 30.0])
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 3, (3,), generator=g)
+    b = torch.randint(0, 3, (3,), generator=g)
+    # errors e = pred - true = [-2, 0, 10]; each pair contributes (e_a - e_b)^2
+    e = [-2.0, 0.0, 10.0]
+    expected = sum((e[i] - e[j]) ** 2 for i, j in zip(a.tolist(), b.tolist())) / 3
+    loss = age_difference_loss(pred, true, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(expected)
+    assert age_difference_loss(true + 5.0, true).item() == 0.0, "a constant offset costs nothing"
+
+
+def test_descending_rank_convention_and_ties():
+    assert descending_rank(torch.tensor([3.0, 1.0, 2.0, 2.0])).tolist() == [0.25, 1.0, 0.625, 0.625]
+
+
+@pytest.fixture(scope="module")
+def small_sorter():
+    torch.manual_seed(0)
+    sorter, report = pretrain_sorter(seq_len=6, steps=300, batch_size=64, lr=3e-3, lr_step=150, hidden=32, n_val=256)
+    return sorter, report
+
+
+def test_sorter_pretraining_smoke(small_sorter, tmp_path):
+    sorter, report = small_sorter
+    assert report["val_spearman"] > 0.8, report
+    _, saved = pretrain_sorter(seq_len=4, steps=3, batch_size=8, hidden=8, n_val=16, out_path=tmp_path / "s.pt")
+    from tsan.ranking import load_sorter
+
+    loaded, again = load_sorter(tmp_path / "s.pt")
+    assert again == saved and loaded.seq_len == 4
+    with pytest.raises(FileNotFoundError, match="pretrain_sorter.sh"):
+        load_sorter(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="drop_last"):
+        sorter(torch.zeros(1, 5))
+
+
+def test_ranking_loss_small_for_ordered_batch_and_gradient_for_wrong_one(small_sorter):
+    sorter, _ = small_sorter
+    loss = RankingLoss(sorter, beta=1.0)
+    true = torch.linspace(-0.9, 0.9, 6).reshape(6, 1)
+    ordered = loss.ranking(true.clone(), true)
+    wrong = true.flip(0).clone().requires_grad_(True)
+    reversed_loss = loss.ranking(wrong, true)
+    assert ordered.item() < 0.02 and reversed_loss.item() > 5 * ordered.item()
+    reversed_loss.backward()
+    assert wrong.grad is not None and wrong.grad.abs().sum() > 0
+    assert all(p.grad is None for p in sorter.parameters()), "the sorter stays frozen"
