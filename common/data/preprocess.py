@@ -43,9 +43,11 @@ class VolumeSpec:
         intensity: ``"zscore_nonzero"`` (z-score over non-zero voxels, background stays 0) or
             ``"zscore_volume_clip3"`` (z-score over the whole volume, clipped to [-3, 3]).
         apply_mask: multiply by the dataset's brain mask (``mask_path``) before resampling.
-        pipeline: ``"monai"`` (Orientation + Spacing + centred pad/crop) or ``"nilearn_centered"``
+        pipeline: ``"monai"`` (Orientation + Spacing + centred pad/crop), ``"nilearn_centered"``
             (``nilearn.image.resample_img`` onto a grid of ``shape`` x ``spacing_mm`` whose centre
-            is the centre of the input's field of view; no reorientation).
+            is the centre of the input's field of view; no reorientation), or ``"ants_affine_mni"`` /
+            ``"ants_syn_mni"`` (ANTsPy registration to the MNI152 template on the FSL 2 mm grid,
+            :mod:`common.data.registration`; ``shape`` must be (91, 109, 91) and ``spacing_mm`` 2).
     """
 
     shape: tuple[int, int, int] = (96, 96, 96)
@@ -107,6 +109,23 @@ def _nilearn_pipeline(data: np.ndarray, affine: np.ndarray, spec: VolumeSpec) ->
     return np.asarray(resampled.get_fdata(dtype=np.float32))[None]
 
 
+#: Registration pipelines and their ANTs transform type.
+ANTS_PIPELINES = {"ants_affine_mni": "Affine", "ants_syn_mni": "SyN"}
+
+
+def _ants_pipeline(data: np.ndarray, affine: np.ndarray, spec: VolumeSpec) -> np.ndarray:
+    from common.data.registration import FSL_2MM_SHAPE, register_to_mni
+
+    if tuple(spec.shape) != FSL_2MM_SHAPE or tuple(spec.spacing_mm) != (2.0, 2.0, 2.0):
+        raise ValueError(f"{spec.pipeline} produces the FSL 2 mm grid {FSL_2MM_SHAPE}; got shape {spec.shape}, "
+                         f"spacing {spec.spacing_mm}")
+    out = register_to_mni(data, affine, brain_extracted=spec.apply_mask, transform=ANTS_PIPELINES[spec.pipeline])[None]
+    if spec.intensity == "zscore_nonzero":
+        brain = out != 0
+        out[brain] = (out[brain] - out[brain].mean()) / max(float(out[brain].std()), 1e-6)
+    return out
+
+
 def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str | Path = "") -> np.ndarray:
     """Check and preprocess one volume.
 
@@ -114,7 +133,8 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
     ``spec.pipeline``: ``"monai"``: channel-first, ``Orientation(spec.orientation)``,
     ``Spacing(spec.spacing_mm)`` (bilinear), ``ResizeWithPadOrCrop(spec.shape)`` (centred);
     ``"nilearn_centered"``: ``nilearn.image.resample_img`` onto a centred grid
-    (:func:`centred_target_affine`); then the intensity normalisation ``spec.intensity``.
+    (:func:`centred_target_affine`); ``"ants_*_mni"``: registration to MNI152 on the FSL 2 mm grid,
+    zero outside the template brain mask; then the intensity normalisation ``spec.intensity``.
 
     Returns:
         float32 array (1, D, H, W).
@@ -135,6 +155,8 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
         out = _monai_pipeline(data, affine, spec)
     elif spec.pipeline == "nilearn_centered":
         out = _nilearn_pipeline(data, affine, spec)
+    elif spec.pipeline in ANTS_PIPELINES:
+        out = _ants_pipeline(data, affine, spec)
     else:
         raise ValueError(f"unknown preprocessing pipeline {spec.pipeline!r}")
     if spec.intensity == "zscore_volume_clip3":
