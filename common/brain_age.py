@@ -117,6 +117,21 @@ class RegressorSetup:
     checkpoint_meta: dict
 
 
+#: A rule that removes rows before preprocessing: ``(predicate(frame) -> bool Series, reason)``.
+RowExclusion = tuple[Callable[[pd.DataFrame], pd.Series], str]
+
+
+def apply_exclusion(frame: pd.DataFrame, rule: RowExclusion | None, exclusions, stage: str) -> pd.DataFrame:
+    """Drop the rows ``rule`` selects, logging each with its reason; returns the kept rows."""
+    if rule is None:
+        return frame
+    predicate, reason = rule
+    drop = predicate(frame).to_numpy(bool)
+    for row in frame[drop].itertuples():
+        exclusions.add(row.dataset, row.image_path, reason, stage)
+    return frame[~drop].reset_index(drop=True)
+
+
 def volume_loader(frame: pd.DataFrame, batch_size: int, train: bool, seed: int, augment: Callable | None = None,
                   ) -> DataLoader:
     """DataLoader over cached volumes: shuffled with a seeded generator and ``drop_last`` for training."""
@@ -129,11 +144,13 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
                     build: Callable[[pd.DataFrame], RegressorSetup], seed: int, device: str, run_name: str | None,
                     runs_dir: str, results_dir: str, cache_dir: str, data_root: str | None,
                     max_per_split: int | None, resume: bool, selection: Selection = VAL_MAE,
-                    early_stopping_patience: int | None = None) -> tuple[Path, pd.DataFrame, dict, float]:
+                    early_stopping_patience: int | None = None, exclude: RowExclusion | None = None,
+                    ) -> tuple[Path, pd.DataFrame, dict, float]:
     """Shared training run of a 3D brain-age regressor on the shared split of ``dataset``.
 
     ``hp`` must hold ``epochs``, ``batch_size``, ``grad_clip``, ``amp`` and ``precise_bn``; every
-    entry is recorded in ``config.json``. ``build(train_frame)`` returns the method's model,
+    entry is recorded in ``config.json``. ``exclude`` removes rows the method cannot use (logged).
+    ``build(train_frame)`` returns the method's model,
     optimizer, scheduler, loss and augmentation (it may use training-split statistics only).
 
     Returns:
@@ -154,6 +171,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     if run_dir.exists() and not resume and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
     frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
+    frame = apply_exclusion(frame, exclude, exclusions, method)
     frame = prepare_volumes(frame, spec, cache_dir, exclusions)
     run_dir.mkdir(parents=True, exist_ok=True)
     exclusions.write(run_dir / "exclusions.csv")
@@ -187,7 +205,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
 
 
 def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: Callable[[dict], nn.Module],
-                       device: str = "auto", frame: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame, dict, nn.Module]:
+                       device: str = "auto", frame: pd.DataFrame | None = None, exclude: RowExclusion | None = None,
+                       ) -> tuple[dict, pd.DataFrame, dict, nn.Module]:
     """Test a finished run: predict val and test with ``best.pt``, fit the bias correction on
     validation, report on test, and store the correction in ``best.pt``.
 
@@ -201,6 +220,7 @@ def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: 
     if frame is None:
         frame, exclusions = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"],
                                                  cfg["max_per_split"])
+        frame = apply_exclusion(frame, exclude, exclusions, method)
         frame = prepare_volumes(frame, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"], exclusions)
     frame = frame[frame["split"].isin(["train", "val", "test"])].reset_index(drop=True)
     model = model_from_checkpoint(ckpt).to(dev)

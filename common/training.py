@@ -91,6 +91,13 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[
     return x, batch["target"].to(device)
 
 
+def _forward(model: nn.Module, x: torch.Tensor, batch: dict, device: torch.device) -> torch.Tensor:
+    """``model(x, *extras)`` where ``model.extra_inputs`` names further batch entries the model takes
+    (e.g. ``("sex",)`` for TSAN); plain ``model(x)`` otherwise."""
+    extras = [batch[k].to(device) for k in getattr(model, "extra_inputs", ())]
+    return model(x, *extras)
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                     device: torch.device, cfg: FitConfig, scaler: torch.amp.GradScaler | None = None,
                     desc: str = "train") -> dict[str, float]:
@@ -101,7 +108,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, opt
         x, y = _to_device(batch, device, cfg.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast_context(device, cfg.amp_dtype):
-            pred = model(x)
+            pred = _forward(model, x, batch, device)
         loss = loss_fn(pred.float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} ({desc})")
@@ -148,7 +155,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
     model.train()
     for batch in loader:
         x, _ = _to_device(batch, device, channels_last)
-        model(x)
+        _forward(model, x, batch, device)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -169,7 +176,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtyp
     for batch in loader:
         x, y = _to_device(batch, device, channels_last)
         with autocast_context(device, amp_dtype):
-            out = model(x)
+            out = _forward(model, x, batch, device)
         idx.append(batch["index"].numpy())
         ages.append(y.cpu().numpy())
         preds.append(out.float().cpu().numpy())

@@ -6,7 +6,8 @@
 #   METHODS=resnet3d DATASETS=ixi_hh PROFILE=cpu bash scripts/reproduce.sh
 #
 # METHODS   space/comma-separated subset of: reference resnet3d oasis_resblock vgg16_svr midslice_classifier
-#           alz_cnn   (default: all; "reference" = mean-age predictor and ROI ridge)
+#           alz_cnn   (default: all; "reference" = mean-age predictor and ROI ridge); also tsan, not in
+#           the default set until its cpu profile has been measured on the real data (tsan/README.md)
 # DATASETS  space/comma-separated subset of: ixi_hh ds000228 alzheimer4   (default: all a method applies to)
 # PROFILE   paper | cpu   (default: paper with a CUDA GPU, else cpu)
 # DATA_ROOT data folder   (default: ../shared/data, else data/)
@@ -36,13 +37,15 @@ SPLIT_DATASETS=$(for d in $DATASETS; do [[ "$d" == alzheimer4 ]] || printf '%s,'
 [[ -n "$SPLIT_DATASETS" ]] && python scripts/make_splits.py --datasets="${SPLIT_DATASETS%,}"
 
 declare -A APPLIES=( [reference]="ixi_hh ds000228" [resnet3d]="ixi_hh ds000228" [oasis_resblock]="ixi_hh ds000228"
-                     [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" [alz_cnn]="alzheimer4" )
+                     [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" [alz_cnn]="alzheimer4"
+                     [tsan]="ixi_hh ds000228" )
 declare -A SCRIPT=( [reference]="baselines/reference.sh" [resnet3d]="resnet3d/train.sh"
                     [oasis_resblock]="baselines/oasis_resblock/train.sh" [vgg16_svr]="baselines/vgg16_svr/train.sh"
-                    [midslice_classifier]="midslice_classifier/train.sh" [alz_cnn]="alz_cnn/compare_transfer.sh" )
+                    [midslice_classifier]="midslice_classifier/train.sh" [alz_cnn]="alz_cnn/compare_transfer.sh"
+                    [tsan]="tsan/train.sh" )
 failed=()
 for method in $METHODS; do
-  [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS)" >&2; exit 2; }
+  [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS tsan)" >&2; exit 2; }
   for dataset in $DATASETS; do
     [[ " ${APPLIES[$method]} " == *" $dataset "* ]] || continue
     log="$LOG_DIR/${method}__${dataset}.log"

@@ -21,6 +21,8 @@ CLIS = [
     ("scripts.check_resume", []),
     ("alz_cnn.train", ["train"]), ("alz_cnn.train", ["test"]), ("alz_cnn.train", ["compare"]),
     ("alz_cnn.train", ["summarize"]),
+    ("tsan.train", ["pretrain_sorter"]), ("tsan.train", ["train_first_stage"]), ("tsan.train", ["train_second_stage"]),
+    ("tsan.train", ["test_first_stage"]), ("tsan.train", ["test_second_stage"]),
 ]
 
 
@@ -76,7 +78,9 @@ def test_fetch_data_links_local_copy(tmp_path):
 
 @pytest.mark.parametrize("wrapper, flag", [("resnet3d/train.sh", "--image_size"),
                                            ("baselines/vgg16_svr/train.sh", "--keep_triplets"),
-                                           ("alz_cnn/compare_transfer.sh", "--models")])
+                                           ("alz_cnn/compare_transfer.sh", "--models"),
+                                           ("tsan/train_first_stage.sh", "--nb_filter"),
+                                           ("tsan/train_second_stage.sh", "--first_stage")])
 def test_wrapper_help_shows_help_and_never_trains(wrapper, flag, tmp_path):
     """`bash <method>/train.sh --help` must print the CLI help, not start a run with the defaults."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

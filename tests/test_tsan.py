@@ -155,3 +155,54 @@ def test_ranking_loss_small_for_ordered_batch_and_gradient_for_wrong_one(small_s
     reversed_loss.backward()
     assert wrong.grad is not None and wrong.grad.abs().sum() > 0
     assert all(p.grad is None for p in sorter.parameters()), "the sorter stays frozen"
+
+
+def _study(tmp_path):
+    """A 24-subject BIDS study with sex, one subject of unknown sex, and its shared split."""
+    from common.data.sources import load_bids
+    from common.splits import make_age_stratified_split
+    from tests.conftest import write_volume
+
+    root = tmp_path / "data" / "study"
+    lines = ["participant_id\tage\tsex"]
+    for i in range(24):
+        lines.append(f"sub-{i:02d}\t{20 + 3.5 * i}\t{'MF'[i % 2] if i != 5 else 'n/a'}")
+        write_volume(root / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz", shape=(24, 28, 24), seed=i)
+    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
+    manifest, _ = load_bids(root)
+    (tmp_path / "results" / "splits").mkdir(parents=True)
+    make_age_stratified_split(manifest[["participant_id", "age"]], seed=0).to_csv(
+        tmp_path / "results" / "splits" / "study.csv", index=False)
+
+
+def test_two_stages_end_to_end(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from tsan import train as tsan
+
+    _study(tmp_path)
+    dirs = dict(data_root=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
+                cache_dir=str(tmp_path / "cache"))
+    pretrain_sorter(seq_len=4, steps=5, batch_size=8, hidden=8, n_val=16,
+                    out_path=tsan.sorter_path(4, tsan.PROFILES["cpu"], dirs["cache_dir"]))
+    run1 = tsan.train_first_stage(dataset="study", profile="cpu", epochs=2, batch_size=4, nb_filter=2, nb_block=2,
+                                  downsample=4,
+                                  registration="monai", use_dataset_mask=False, run_name="s1", **dirs)
+    doc1 = json.loads((tmp_path / "results" / "tsan_stage1__study.json").read_text())
+    assert set(doc1["metrics"]["source_metrics"]) == {"mae", "pearson_r", "spearman_pred_age", "spearman_gap_age",
+                                                       "mean_gap", "sd_error"}
+    excluded = pd.read_csv(f"{run1}/exclusions.csv")
+    assert excluded["reason"].str.contains("sex unknown").sum() == 1
+    run2 = tsan.train_second_stage(first_stage=run1, epochs=1, batch_size=4, run_name="s2", **dirs)
+    doc2 = json.loads((tmp_path / "results" / "tsan_stage2__study.json").read_text())
+    analysis = doc2["metrics"]["stage2_analysis"]
+    assert analysis["n"] == doc2["metrics"]["raw"]["n"] and analysis["stage1_mae"] == pytest.approx(doc1["metrics"]["raw"]["mae"])
+    residuals = pd.read_csv(f"{run2}/residuals_test.csv")
+    assert (residuals["d"] % 5 == 0).all()
+    assert (tmp_path / "runs" / "tsan_stage2" / "study" / "s2" / "residuals_test.png").exists()
+    tsan.train_second_stage(first_stage=run1, variant="normalized_d", epochs=1, batch_size=4, run_name="v", **dirs)
+    assert (tmp_path / "results" / "tsan_stage2_normd__study.json").exists()
+    with pytest.raises(ValueError, match="variant"):
+        tsan.train_second_stage(first_stage=run1, variant="other", **dirs)

@@ -187,3 +187,66 @@ def sex_one_hot(sex: torch.Tensor) -> torch.Tensor:
     if ((sex < 0) | (sex > 1)).any():
         raise ValueError("sex codes must be 0 (female) or 1 (male)")
     return nn.functional.one_hot(sex, 2).float()
+
+
+def _is_male(sex: torch.Tensor) -> torch.Tensor:
+    """Dataset sex codes (:data:`common.data.datasets.SEX_CODES`: 0 = M, 1 = F, -1 unknown) -> the
+    public code's label (1 = male, 0 = female)."""
+    if (sex < 0).any():
+        raise ValueError("TSAN needs each subject's sex; exclude subjects with unknown sex before training")
+    return (sex == 0).long()
+
+
+class FirstStage(nn.Module):
+    """Stage 1 as the training loop calls it: ``(image, sex code) -> age``.
+
+    Args:
+        net: a :class:`ScaleDense`.
+        downsample: average-pool factor applied to the cached 2 mm input (1 = none; 2 = 4 mm, ``cpu``).
+
+    Shapes: ``x`` (B, 1, 91, 109, 91), ``sex`` (B,) dataset codes -> (B,) years.
+    """
+
+    extra_inputs = ("sex",)
+
+    def __init__(self, net: ScaleDense, downsample: int = 1):
+        super().__init__()
+        self.net, self.downsample = net, downsample
+
+    def forward(self, x: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+        if self.downsample > 1:
+            x = nn.functional.avg_pool3d(x, self.downsample, ceil_mode=True)
+        return self.net(x, sex_one_hot(_is_male(sex))).reshape(-1)
+
+
+class SecondStage(nn.Module):
+    """Stage 2 as the training loop calls it: the frozen stage 1 gives ``d`` (discretised), the
+    second network the residual ``r``; returns ``d + r``. :meth:`components` gives ``(d, r)``.
+
+    Shapes: ``x`` (B, 1, 91, 109, 91), ``sex`` (B,) -> (B,) years.
+    """
+
+    extra_inputs = ("sex",)
+
+    def __init__(self, first: FirstStage, net: SecondStageScaleDense, dis_range: float = 5.0):
+        super().__init__()
+        self.first = first.requires_grad_(False).eval()
+        self.net, self.dis_range = net, dis_range
+
+    def train(self, mode: bool = True) -> SecondStage:
+        super().train(mode)
+        self.first.eval()  # stage 1 stays frozen, BatchNorm statistics included
+        return self
+
+    def components(self, x: torch.Tensor, sex: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d, r)``: the discretised stage-1 age and the predicted residual, each (B,) years."""
+        with torch.no_grad():
+            d = discretize_age(self.first(x, sex), self.dis_range)
+        if self.first.downsample > 1:
+            x = nn.functional.avg_pool3d(x, self.first.downsample, ceil_mode=True)
+        residual, _ = self.net(x, sex_one_hot(_is_male(sex)), d[:, None])
+        return d, residual.reshape(-1)
+
+    def forward(self, x: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+        d, residual = self.components(x, sex)
+        return d + residual

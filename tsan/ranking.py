@@ -189,3 +189,26 @@ class RankingLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.ranking(pred, target) + self.beta * age_difference_loss(pred, target, generator)
+
+
+class TSANLoss(nn.Module):
+    """``MSE(pred, y) + lbd * (ranking + beta * age difference)``, TSAN's training loss for both stages.
+
+    For stage 2 ``pred = d + r``, so ``MSE(pred, y) = MSE(r, y - d)``, the public code's residual loss.
+    The ranking term needs batches of exactly the sorter's length (training uses ``drop_last``); on
+    longer inputs (the validation loss) it is averaged over consecutive full chunks and a shorter
+    remainder gets none. Shapes: pred, target (B,) years -> scalar.
+    """
+
+    def __init__(self, ranking: RankingLoss, lbd: float = 10.0):
+        super().__init__()
+        self.ranking_loss, self.lbd = ranking, lbd
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        pred, target = pred.reshape(-1), target.reshape(-1).to(pred.dtype)
+        loss = nn.functional.mse_loss(pred, target)
+        n = self.ranking_loss.sorter.seq_len
+        chunks = [(pred[i:i + n], target[i:i + n]) for i in range(0, len(pred) - n + 1, n)]
+        if self.lbd and chunks:
+            loss = loss + self.lbd * torch.stack([self.ranking_loss(p, t) for p, t in chunks]).mean()
+        return loss

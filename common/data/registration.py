@@ -43,14 +43,21 @@ def mni_template() -> tuple[np.ndarray, np.ndarray]:
 def _to_ants(data: np.ndarray, affine: np.ndarray):
     import ants
 
-    return ants.from_nibabel_nifti(nib.Nifti1Image(np.asarray(data, np.float32), affine))
+    img = nib.Nifti1Image(np.asarray(data, np.float32), affine)
+    img.header.set_xyzt_units("mm", "sec")  # units ANTs would otherwise assume, with a warning per call
+    return ants.from_nibabel_nifti(img)
 
 
 def similarity_to_template(warped: np.ndarray) -> float:
-    """Pearson correlation between a volume on the FSL 2 mm grid and the template, inside the
-    template's brain mask (a registration QC measure; about 0.9 for a good affine registration)."""
+    """Pearson correlation between a volume on the FSL 2 mm grid and the template, over the voxels
+    inside the template's brain mask where the volume is non-zero (so a dataset mask that cuts the
+    cerebellum differently does not count as misregistration). A QC measure: compare subjects of one
+    dataset with each other (contrast differs between scanners and ages)."""
     template, mask = mni_template()
-    a, b = warped[mask].astype(float), template[mask].astype(float)
+    inside = mask & (warped != 0)
+    if inside.sum() < 1000:
+        return 0.0
+    a, b = warped[inside].astype(float), template[inside].astype(float)
     if a.std() == 0:
         return 0.0
     return float(np.corrcoef(a, b)[0, 1])
@@ -85,3 +92,62 @@ def register_to_mni(data: np.ndarray, affine: np.ndarray, brain_extracted: bool,
     warped = result["warpedmovout"].numpy().astype(np.float32)
     warped[~mask] = 0.0
     return warped
+
+
+def registration_qc(frame, n_mad: float = 4.0):
+    """QC table of registered volumes: similarity to the template per row and a ``flagged`` column.
+
+    Args:
+        frame: rows with ``participant_id``, ``session_id`` and ``cache_path`` (float32 (1, 91, 109, 91)
+            arrays from an ``ants_*_mni`` pipeline), one dataset.
+        n_mad: rows whose similarity lies more than ``n_mad`` median absolute deviations below the
+            dataset's median are flagged for visual inspection (a failed registration correlates far
+            less than its peers; contrast alone shifts a whole dataset).
+
+    Returns:
+        DataFrame ``participant_id, session_id, similarity, flagged``.
+    """
+    import pandas as pd
+
+    sims = [similarity_to_template(np.load(p, mmap_mode="r")[0]) for p in frame["cache_path"]]
+    out = pd.DataFrame({"participant_id": frame["participant_id"].to_numpy(),
+                        "session_id": frame.get("session_id", pd.Series([""] * len(frame))).to_numpy(),
+                        "similarity": np.round(sims, 4)})
+    median = float(out["similarity"].median())
+    mad = float((out["similarity"] - median).abs().median())
+    out["flagged"] = out["similarity"] < median - n_mad * max(mad, 0.01)
+    return out
+
+
+def qc_montage(paths: list[str], labels: list[str], out_path, columns: int = 6):
+    """PNG montage of the mid-axial, mid-coronal and mid-sagittal slices of registered volumes, the
+    template first, with the template's brain outline drawn on every panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    template, mask = mni_template()
+    volumes = [template] + [np.load(p, mmap_mode="r")[0] for p in paths]
+    names = ["MNI152 template"] + list(labels)
+    cut = [s // 2 for s in FSL_2MM_SHAPE]
+
+    def views(v):
+        return [np.rot90(v[:, :, cut[2]]), np.rot90(v[:, cut[1], :]), np.rot90(v[cut[0], :, :])]
+
+    rows = int(np.ceil(len(volumes) / columns))
+    fig, axes = plt.subplots(rows * 3, columns, figsize=(1.8 * columns, 1.9 * rows * 3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (vol, name) in enumerate(zip(volumes, names)):
+        r, c = divmod(i, columns)
+        for k, (view, outline) in enumerate(zip(views(np.asarray(vol)), views(mask.astype(float)))):
+            ax = axes[3 * r + k, c]
+            ax.imshow(view, cmap="gray")
+            ax.contour(outline, levels=[0.5], colors="r", linewidths=0.4)
+            if k == 0:
+                ax.set_title(name, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return out_path

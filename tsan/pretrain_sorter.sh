@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Pretrain the SoDeep sorter TSAN's ranking loss needs, for one sequence length (= training batch size),
+# and cache it under .cache/tsan/ (SoDeep weights cannot be downloaded).
+# Paper recipe (SoDeep): LSTM 512 units, Adam lr 1e-3 halved every 70 epochs, 400 epochs of 1,406 batches of 256.
+#   bash tsan/pretrain_sorter.sh                # length 8 (cpu profile: both stages use batch 8)
+#   SEQ_LEN=32 PROFILE=paper bash tsan/pretrain_sorter.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SEQ_LEN="${SEQ_LEN:-8}"
+args=(--seq_len="$SEQ_LEN")
+[[ -n "${PROFILE:-}" ]] && args+=(--profile="$PROFILE")
+for a in "$@"; do [[ "$a" == "--help" || "$a" == "-h" ]] && exec python -m tsan.train pretrain_sorter -- --help; done
+exec python -m tsan.train pretrain_sorter "${args[@]}" "$@"

@@ -1,0 +1,361 @@
+"""Train and test TSAN's two stages on a shared subject-level split.
+
+    python -m tsan.train pretrain_sorter --seq_len=8
+    python -m tsan.train train_first_stage --dataset=ixi_hh
+    python -m tsan.train train_second_stage --first_stage=runs/tsan_stage1/ixi_hh/<run_name>
+    python -m tsan.train test_first_stage --run_dir=runs/tsan_stage1/ixi_hh/<run_name>
+    python -m tsan.train test_second_stage --run_dir=runs/tsan_stage2/ixi_hh/<run_name>
+
+Source: Liu et al., MICCAI 2020; Cheng et al., IEEE TMI 2021; public code "TSAN-brain-age-estimation"
+(``bash_train_first_stage.sh``: batch 32, Adam amsgrad lr 1e-3, weight decay 5e-4, lambda 10, beta 1,
+150 epochs; ``bash_train_second_stage.sh``: batch 8, SGD lr 1e-5, dis_range 5). Deviations are listed
+in tsan/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import fire
+import numpy as np
+import pandas as pd
+import torch
+
+from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
+from common.data.preprocess import VolumeSpec
+from common.device import default_profile
+from common.experiment import resolve_profile
+from common.io import write_csv
+from common.training import load_checkpoint
+from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense, discretize_age, init_weights
+from tsan.ranking import RankingLoss, TSANLoss, load_sorter, pretrain_sorter
+
+log = logging.getLogger("tsan")
+
+SOURCE = 'Liu et al. MICCAI 2020 / Cheng et al. IEEE TMI 2021; public code "TSAN-brain-age-estimation"'
+SOURCE_REPORTED = {"dataset": "6,586 healthy T1 scans (pooled public datasets)", "mae": 2.428, "pearson_r": 0.985}
+STAGE1, STAGE2 = "tsan_stage1", "tsan_stage2"
+#: Stage-2 variants: the faithful default and the non-default fix of the collapse study (README).
+VARIANTS = {"faithful": STAGE2, "normalized_d": "tsan_stage2_normd"}
+
+_SOURCE_SORTER = dict(sorter_hidden=512, sorter_steps=562_400, sorter_lr_step=98_420, sorter_batch=256)
+#: ``paper``: the public code's settings (SoDeep's sorter recipe: 400 epochs of 1,406 batches, lr
+#: halved every 70 epochs). ``cpu``: registration affine only, input average-pooled to 4 mm, half the
+#: width, batch 8 for both stages (one sorter of length 8), few epochs and a smaller sorter, so that
+#: both stages fit about 15 minutes per dataset on 2 cores (see README "Deviations").
+PROFILES = {
+    "paper": dict(registration="ants_syn_mni", use_dataset_mask=True, downsample=1, nb_filter=8, nb_block=5,
+                  batch_size=32, stage2_batch_size=8, epochs=150, stage2_epochs=150, lr=1e-3, stage2_lr=1e-5,
+                  weight_decay=5e-4, lbd=10.0, beta=1.0, dis_range=5.0, lr_patience=5, lr_factor=0.5,
+                  early_stopping=20, grad_clip=None, amp=False, precise_bn=False, **_SOURCE_SORTER),
+}
+PROFILES["cpu"] = dict(PROFILES["paper"], registration="ants_affine_mni", downsample=2, nb_filter=4, batch_size=8,
+                       epochs=12, stage2_epochs=6, sorter_hidden=128, sorter_steps=600, sorter_lr_step=300,
+                       sorter_batch=128)
+
+#: Subjects without a recorded sex cannot be fed to TSAN (sex is an input).
+UNKNOWN_SEX = (lambda frame: ~frame["sex"].isin(["M", "F"]), "sex unknown: TSAN takes sex as an input")
+
+
+def _spec(hp: dict) -> VolumeSpec:
+    return VolumeSpec(shape=(91, 109, 91), spacing_mm=(2.0, 2.0, 2.0), pipeline=hp["registration"],
+                      apply_mask=bool(hp["use_dataset_mask"]), intensity="zscore_nonzero")
+
+
+def sorter_path(seq_len: int, hp: dict, cache_dir: str, seed: int = 0) -> Path:
+    """Where the sorter for ``seq_len`` and the profile's recipe is cached."""
+    return (Path(cache_dir) / "tsan" /
+            f"sorter_len{seq_len}_h{hp['sorter_hidden']}_steps{hp['sorter_steps']}_b{hp['sorter_batch']}_seed{seed}.pt")
+
+
+def get_sorter(seq_len: int, hp: dict, cache_dir: str, seed: int = 0):
+    """The cached sorter for ``seq_len``, pretrained first if missing (SoDeep weights cannot be downloaded)."""
+    path = sorter_path(seq_len, hp, cache_dir, seed)
+    if not path.exists():
+        log.info("no sorter at %s: pretraining one (%d steps)", path, hp["sorter_steps"])
+        pretrain_sorter(seq_len, steps=hp["sorter_steps"], batch_size=hp["sorter_batch"], lr_step=hp["sorter_lr_step"],
+                        hidden=hp["sorter_hidden"], seed=seed, out_path=path)
+    sorter, report = load_sorter(path)
+    log.info("sorter %s: validation Spearman %.3f, L1 %.4f", path.name, report["val_spearman"], report["val_l1"])
+    return sorter, report
+
+
+def pretrain(seq_len: int = 8, profile: str | None = None, seed: int = 0, cache_dir: str = ".cache",
+             force: bool = False) -> dict:
+    """Pretrain (or find cached) the SoDeep sorter for sequences of ``seq_len`` (= the training batch size).
+
+    Args:
+        seq_len: sequence length (``paper``: 32 for stage 1, 8 for stage 2; ``cpu``: 8 for both).
+        profile: ``paper`` (SoDeep's recipe) or ``cpu`` (smaller, shorter).
+        seed: random seed of the synthetic sequences and the initialisation.
+        cache_dir: the sorter is written to ``<cache_dir>/tsan/``.
+        force: retrain even if cached.
+
+    Returns:
+        The sorter's report (validation L1 and Spearman correlation, steps, seconds).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hp = resolve_profile(PROFILES, profile or default_profile(), {})
+    path = sorter_path(seq_len, hp, cache_dir, seed)
+    if force and path.exists():
+        path.unlink()
+    return get_sorter(seq_len, hp, cache_dir, seed)[1]
+
+
+def _loss(hp: dict, batch: int, cache_dir: str, seed: int) -> tuple[TSANLoss, dict]:
+    sorter, report = get_sorter(batch, hp, cache_dir, seed)
+    return TSANLoss(RankingLoss(sorter, hp["beta"]), hp["lbd"]), report
+
+
+def _stage1_from_args(args: dict) -> FirstStage:
+    return FirstStage(ScaleDense(args["nb_filter"], args["nb_block"], use_sex=True), args["downsample"])
+
+
+def _model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    args = ckpt["model_args"]
+    if "stage1" not in args:
+        return _stage1_from_args(args)
+    net = SecondStageScaleDense(args["nb_filter"], args["nb_block"], True, args["normalize_discrete_age"],
+                                args["age_mean"], args["age_std"])
+    return SecondStage(_stage1_from_args(args["stage1"]), net, args["dis_range"])
+
+
+def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | None = None,
+                      epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                      lbd: float | None = None, nb_filter: int | None = None, nb_block: int | None = None,
+                      downsample: int | None = None,
+                      registration: str | None = None, use_dataset_mask: bool | None = None, seed: int = 42,
+                      device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
+                      results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
+                      resume: bool = False, publish: bool = True) -> str:
+    """Stage 1: ScaleDense trained with MSE + lambda * (ranking + beta * age difference), Adam (amsgrad),
+    ReduceLROnPlateau on validation MAE, early stopping; best checkpoint by validation MAE; then test.
+
+    Args:
+        dataset: dataset folder (``ixi_hh``, ``ds000228``, a BIDS folder).
+        profile: ``paper`` or ``cpu`` (default: ``paper`` with a GPU, else ``cpu``).
+        data_root: data folder (default: $DATA_ROOT, ../shared/data, data/).
+        epochs, batch_size, lr, lbd, nb_filter, downsample: override the profile.
+        nb_block: number of ScaleDense blocks (paper 5; fewer only for inputs coarser than 4 mm, e.g. tests).
+        registration: ``ants_syn_mni`` (paper), ``ants_affine_mni`` (cpu), or ``monai`` (no registration:
+            resample to 2 mm and pad/crop to 91x109x91, for data already in MNI space and for tests).
+        use_dataset_mask: skull-strip with the dataset's brain mask (IXI-HH DLMUSE labels, ds000228
+            analysis masks) before registration; False: the template brain mask after registration.
+        seed: random seed.
+        device: ``auto``, ``cpu``, ``cuda``...
+        run_name: run folder name.
+        runs_dir, results_dir, cache_dir: run folders, split files and result JSON, caches.
+        max_per_split: first N participants per split (smoke runs).
+        resume: continue ``run_name`` from ``last.pt``.
+        publish: write ``results/tsan_stage1__<dataset>.json``.
+
+    Returns:
+        The run folder.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    profile = profile or default_profile()
+    hp = resolve_profile(PROFILES, profile, dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, lbd=lbd, nb_filter=nb_filter, nb_block=nb_block, downsample=downsample,
+        registration=registration, use_dataset_mask=use_dataset_mask))
+    loss, sorter_report = _loss(hp, hp["batch_size"], cache_dir, 0)
+
+    def build(train_frame: pd.DataFrame) -> RegressorSetup:
+        args = {"nb_filter": hp["nb_filter"], "nb_block": hp["nb_block"], "downsample": hp["downsample"]}
+        model = _stage1_from_args(args)
+        model.apply(init_weights)
+        optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=True)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
+        return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=None,
+                              checkpoint_meta={"model_args": args, "sorter": sorter_report})
+
+    run_dir, frame, fit, t0 = train_brain_age(
+        method=STAGE1, dataset=dataset, profile=profile, hp=hp, spec=_spec(hp), build=build,
+        seed=seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
+        data_root=data_root, max_per_split=max_per_split, resume=resume, early_stopping_patience=hp["early_stopping"],
+        exclude=UNKNOWN_SEX)
+    _evaluate(str(run_dir), STAGE1, publish, device, frame, t0, fit)
+    return str(run_dir)
+
+
+def train_second_stage(first_stage: str, variant: str = "faithful", profile: str | None = None,
+                       data_root: str | None = None, epochs: int | None = None, batch_size: int | None = None,
+                       lr: float | None = None, lbd: float | None = None, dis_range: float | None = None,
+                       seed: int = 42, device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
+                       results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
+                       resume: bool = False, publish: bool = True) -> str:
+    """Stage 2: the residual network on top of the frozen stage 1 (discretised age ``d`` as input),
+    MSE(r, y - d) + lambda * ranking terms on ``d + r``, SGD; then test.
+
+    Args:
+        first_stage: run folder of a finished stage-1 run (its ``best.pt``, dataset and preprocessing).
+        variant: ``faithful`` (the public code) or ``normalized_d`` (the ``d`` branch gets the
+            discretised age standardised with the training split's age mean and SD; see README).
+        profile: ``paper`` or ``cpu``; must match the stage-1 run's preprocessing.
+        data_root: data folder.
+        epochs, batch_size, lr, lbd, dis_range: override the profile's stage-2 settings.
+        seed, device, run_name, runs_dir, results_dir, cache_dir, max_per_split, resume: as stage 1.
+        publish: write ``results/tsan_stage2[_normd]__<dataset>.json``.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ValueError: unknown variant.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    first_dir = Path(first_stage)
+    first_cfg = json.loads((first_dir / "config.json").read_text())
+    first_ckpt = load_checkpoint(first_dir / "best.pt", STAGE1)
+    profile = profile or first_cfg["profile"]
+    hp = resolve_profile(PROFILES, profile, {})
+    hp.update({k: first_cfg[k] for k in ("registration", "use_dataset_mask", "downsample", "nb_filter", "nb_block")})
+    hp.update({k: v for k, v in {"stage2_epochs": epochs, "stage2_batch_size": batch_size, "stage2_lr": lr, "lbd": lbd,
+                                 "dis_range": dis_range}.items() if v is not None})
+    loss, sorter_report = _loss(hp, hp["stage2_batch_size"], cache_dir, 0)
+    method = VARIANTS[variant]
+
+    def build(train_frame: pd.DataFrame) -> RegressorSetup:
+        first = _stage1_from_args(first_ckpt["model_args"])
+        first.load_state_dict(first_ckpt["model_state"])
+        ages = train_frame["age"].to_numpy(float)
+        args = {"nb_filter": hp["nb_filter"], "nb_block": hp["nb_block"], "dis_range": hp["dis_range"],
+                "normalize_discrete_age": variant == "normalized_d", "age_mean": float(ages.mean()),
+                "age_std": float(ages.std()), "stage1": first_ckpt["model_args"]}
+        net = SecondStageScaleDense(hp["nb_filter"], hp["nb_block"], True, args["normalize_discrete_age"],
+                                    args["age_mean"], args["age_std"])
+        net.apply(init_weights)
+        model = SecondStage(first, net, hp["dis_range"])
+        optimizer = torch.optim.SGD(net.parameters(), lr=hp["stage2_lr"], weight_decay=hp["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
+        return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=None,
+                              checkpoint_meta={"model_args": args, "sorter": sorter_report,
+                                               "first_stage_run": str(first_dir), "variant": variant})
+
+    stage2_hp = {**hp, "epochs": hp["stage2_epochs"], "batch_size": hp["stage2_batch_size"], "first_stage": str(first_dir),
+                 "variant": variant}
+    run_dir, frame, fit, t0 = train_brain_age(
+        method=method, dataset=first_cfg["dataset"], profile=profile, hp=stage2_hp, spec=_spec(hp), build=build,
+        seed=seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
+        data_root=data_root, max_per_split=max_per_split, resume=resume, early_stopping_patience=hp["early_stopping"],
+        exclude=UNKNOWN_SEX)
+    _evaluate(str(run_dir), method, publish, device, frame, t0, fit)
+    return str(run_dir)
+
+
+def source_metrics(predictions: pd.DataFrame) -> dict:
+    """The metrics the TSAN code reports, on a predictions table: MAE, Pearson r, Spearman(pred, age),
+    Spearman(gap, age), mean gap and SD of the error (years)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    age, pred = predictions["age"].to_numpy(float), predictions["predicted_age"].to_numpy(float)
+    gap = pred - age
+    constant = np.ptp(pred) == 0
+    return {"mae": float(np.abs(gap).mean()),
+            "pearson_r": float("nan") if constant else float(pearsonr(pred, age).statistic),
+            "spearman_pred_age": float("nan") if constant else float(spearmanr(pred, age).statistic),
+            "spearman_gap_age": float(spearmanr(gap, age).statistic), "mean_gap": float(gap.mean()),
+            "sd_error": float(gap.std(ddof=1))}
+
+
+def stage2_analysis(run_dir: Path, first_stage_run: str, dis_range: float) -> dict:
+    """Does stage 2 collapse onto the discretised age? Joins the stage-2 and stage-1 test predictions,
+    writes ``residuals_test.csv`` and ``residuals_test.png`` (residual r = prediction - d against age,
+    one colour per bin of d) and returns per-bin statistics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["participant_id", "session_id"]
+    s2 = pd.read_csv(run_dir / "predictions_test.csv", dtype={"session_id": str}).fillna({"session_id": ""})
+    s1 = pd.read_csv(Path(first_stage_run) / "predictions_test.csv", dtype={"session_id": str}).fillna({"session_id": ""})
+    table = s2[keys + ["age", "predicted_age"]].merge(
+        s1[keys + ["predicted_age"]].rename(columns={"predicted_age": "stage1_age"}), on=keys, how="inner", validate="1:1")
+    table["d"] = discretize_age(torch.tensor(table["stage1_age"].to_numpy(), dtype=torch.float64), dis_range).numpy()
+    table["residual"] = table["predicted_age"] - table["d"]
+    write_csv(run_dir / "residuals_test.csv", table.round(4))
+    bins = table.groupby("d")["residual"].agg(["count", "std", "min", "max"]).reset_index()
+    shared = bins[bins["count"] > 1]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for d, part in table.groupby("d"):
+        ax.scatter(part["age"], part["residual"], s=14, label=f"d = {d:g}")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("age (years)")
+    ax.set_ylabel("stage-2 residual r = prediction - d (years)")
+    ax.set_title(f"{run_dir.parent.parent.name} on {run_dir.parent.name}: test residuals by bin of d", fontsize=9)
+    if table["d"].nunique() <= 12:
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(run_dir / "residuals_test.png", dpi=110)
+    plt.close(fig)
+    return {"n": len(table), "n_bins": int(table["d"].nunique()),
+            "residual_sd_overall": float(table["residual"].std(ddof=1)),
+            "mean_within_bin_residual_sd": float(shared["std"].mean()) if len(shared) else float("nan"),
+            "residual_range": [float(table["residual"].min()), float(table["residual"].max())],
+            "stage1_mae": float((table["stage1_age"] - table["age"]).abs().mean()),
+            "discretised_mae": float((table["d"] - table["age"]).abs().mean()),
+            "stage2_mae": float((table["predicted_age"] - table["age"]).abs().mean())}
+
+
+def _evaluate(run_dir: str, method: str, publish: bool, device: str, frame: pd.DataFrame | None = None,
+              wall_start: float | None = None, fit: dict | None = None) -> dict:
+    t0 = wall_start or time.time()
+    report, frame, cfg, model = evaluate_brain_age(run_dir, method, _model_from_checkpoint, device, frame, UNKNOWN_SEX)
+    test = pd.read_csv(Path(run_dir) / "predictions_test.csv")
+    report["source_metrics"] = source_metrics(test)
+    notes = []
+    if method != STAGE1:
+        ckpt = load_checkpoint(Path(run_dir) / "best.pt", method)
+        report["stage2_analysis"] = stage2_analysis(Path(run_dir), ckpt["first_stage_run"], cfg["dis_range"])
+        if cfg["variant"] != "faithful":
+            notes.append("non-default variant normalized_d: the d branch takes the standardised discretised age")
+    if cfg["profile"] != "paper":
+        notes.append(f"cpu profile: {cfg['registration']}, input pooled to {2 * cfg['downsample']} mm, nb_filter "
+                     f"{cfg['nb_filter']}, batch {cfg['batch_size']}, at most {cfg['epochs']} epochs, sorter "
+                     f"{cfg['sorter_hidden']} units x {cfg['sorter_steps']} steps")
+    if publish:
+        label = {STAGE1: "TSAN stage 1 (ScaleDense, MSE + ranking)", STAGE2: "TSAN stage 2 (residual on discretised age)",
+                 VARIANTS["normalized_d"]: "TSAN stage 2, normalized-d variant (not the paper's)"}[method]
+        params = {k: cfg[k] for k in PROFILES["paper"] if k in cfg} | {"seed": cfg["seed"]}
+        publish_trained_run(cfg, frame, report, model, run_dir, method=method, method_label=label, source=SOURCE,
+                            source_reported=SOURCE_REPORTED, params=params, notes=notes, fit=fit, wall_start=t0,
+                            device=device, readme_folder="tsan")
+    return report
+
+
+def test_first_stage(run_dir: str, publish: bool = True, device: str = "auto") -> dict:
+    """Test a finished stage-1 run (validation-fitted bias correction, test report, result JSON).
+
+    Args:
+        run_dir: the stage-1 run folder.
+        publish: write ``results/tsan_stage1__<dataset>.json``.
+        device: compute device.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return _evaluate(run_dir, STAGE1, publish, device)
+
+
+def test_second_stage(run_dir: str, publish: bool = True, device: str = "auto") -> dict:
+    """Test a finished stage-2 run, with the residual analysis (``residuals_test.csv``/``.png``).
+
+    Args:
+        run_dir: the stage-2 run folder.
+        publish: write the result JSON.
+        device: compute device.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    method = json.loads((Path(run_dir) / "config.json").read_text())["method"]
+    return _evaluate(run_dir, method, publish, device)
+
+
+#: The command-line interface (fire).
+CLI = {"pretrain_sorter": pretrain, "train_first_stage": train_first_stage, "train_second_stage": train_second_stage,
+       "test_first_stage": test_first_stage, "test_second_stage": test_second_stage}
+
+if __name__ == "__main__":
+    fire.Fire(CLI)
