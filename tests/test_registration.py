@@ -63,3 +63,23 @@ def test_ants_pipeline_writes_a_zscored_brain(moved_brain, tmp_path):
     assert (out[0][~mni_template()[1]] == 0).all(), "background stays 0"
     with pytest.raises(ValueError, match="FSL 2 mm grid"):
         preprocess_volume(path, VolumeSpec(shape=(64, 64, 64), pipeline="ants_affine_mni"))
+
+
+def test_registration_qc_flags_the_outlier(tmp_path):
+    import pandas as pd
+
+    from common.data.registration import qc_montage, registration_qc
+
+    template, mask = mni_template()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(8):
+        vol = (template * mask + rng.normal(0, 0.02 * (1 + i / 4), template.shape) * mask).astype(np.float32)
+        if i == 7:
+            vol = np.roll(vol, 12, axis=1)  # a failed registration: shifted by 24 mm
+        paths.append(str(tmp_path / f"{i}.npy"))
+        np.save(paths[-1], vol[None])
+    frame = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(8)], "session_id": "", "cache_path": paths})
+    qc = registration_qc(frame)
+    assert qc["flagged"].tolist() == [False] * 7 + [True]
+    assert qc_montage(paths[:3], ["a", "b", "c"], tmp_path / "m.png").stat().st_size > 5000

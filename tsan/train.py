@@ -176,8 +176,28 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
         seed=seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
         data_root=data_root, max_per_split=max_per_split, resume=resume, early_stopping_patience=hp["early_stopping"],
         exclude=UNKNOWN_SEX)
+    if hp["registration"].startswith("ants"):
+        write_registration_qc(frame, run_dir)
     _evaluate(str(run_dir), STAGE1, publish, device, frame, t0, fit)
     return str(run_dir)
+
+
+def write_registration_qc(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """``registration_qc.csv`` (similarity to the template, flagged outliers) and
+    ``registration_montage.png`` (the 5 least similar volumes and 5 others) in the run folder."""
+    from common.data.registration import qc_montage, registration_qc
+
+    qc = registration_qc(frame)
+    write_csv(Path(run_dir) / "registration_qc.csv", qc)
+    order = qc["similarity"].sort_values().index
+    shown = list(order[:5]) + list(order[5:][:: max(1, len(order[5:]) // 5)][:5])
+    qc_montage(frame.loc[shown, "cache_path"].tolist(),
+               [f"{qc.at[i, 'participant_id']} r={qc.at[i, 'similarity']:.2f}" for i in shown],
+               Path(run_dir) / "registration_montage.png")
+    if qc["flagged"].any():
+        log.warning("registration QC flagged %d volumes: %s", int(qc["flagged"].sum()),
+                    qc.loc[qc["flagged"], "participant_id"].tolist())
+    return qc
 
 
 def train_second_stage(first_stage: str, variant: str = "faithful", profile: str | None = None,
