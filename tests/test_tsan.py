@@ -206,3 +206,21 @@ def test_two_stages_end_to_end(tmp_path):
     assert (tmp_path / "results" / "tsan_stage2_normd__study.json").exists()
     with pytest.raises(ValueError, match="variant"):
         tsan.train_second_stage(first_stage=run1, variant="other", **dirs)
+
+
+def test_fast_stem_gradient_matches_conv3d():
+    from tsan.model import StemConv3d
+
+    torch.manual_seed(0)
+    fast = StemConv3d(1, 3, 7, padding=1, dilation=2)
+    ref = torch.nn.Conv3d(1, 3, 7, padding=1, dilation=2)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 1, 20, 22, 19)
+    for conv in (fast, ref):
+        conv(x).square().sum().backward()
+    assert torch.allclose(fast.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(fast.bias.grad, ref.bias.grad, rtol=1e-4)
+    xr = torch.randn(1, 1, 16, 16, 16, requires_grad=True)
+    (grad_fast,) = torch.autograd.grad(fast(xr).sum(), xr)
+    (grad_ref,) = torch.autograd.grad(ref(xr).sum(), xr)
+    assert torch.allclose(grad_fast, grad_ref, atol=1e-5), "input gradients too, when asked for"

@@ -61,6 +61,48 @@ class ScaleDenseBlock(nn.Module):
         return torch.cat([nn.functional.max_pool3d(x, 2), self.body(x)], dim=1)
 
 
+class _SingleChannelConv3dFunction(torch.autograd.Function):
+    """3D convolution of a 1-channel input whose weight gradient is computed tap by tap (one
+    matrix-vector product per kernel position) instead of by PyTorch's CPU kernel for dilated 3D
+    convolutions, which is very slow for one input channel (measured: 2.3 s vs 0.2 s for the TSAN stem
+    at 4 mm, batch 4). Same results up to float rounding (tested)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int, dilation: int):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation = padding, dilation
+        return nn.functional.conv3d(x, weight, bias, padding=padding, dilation=dilation)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        p, d = ctx.padding, ctx.dilation
+        padded = nn.functional.pad(x, (p,) * 6)[:, 0]
+        out_d, out_h, out_w = grad.shape[2:]
+        flat = grad.transpose(0, 1).reshape(grad.shape[1], -1)
+        grad_w = torch.empty_like(weight)
+        kd, kh, kw = weight.shape[2:]
+        for i in range(kd):
+            for j in range(kh):
+                for k in range(kw):
+                    tap = padded[:, i * d:i * d + out_d, j * d:j * d + out_h, k * d:k * d + out_w].reshape(-1)
+                    grad_w[:, 0, i, j, k] = flat @ tap
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv3d_input(x.shape, weight, grad, padding=p, dilation=d)
+        return grad_x, grad_w, grad.sum(dim=(0, 2, 3, 4)), None, None
+
+
+class StemConv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state dict) that uses :class:`_SingleChannelConv3dFunction`
+    for one input channel on the CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 1 and x.device.type == "cpu" and self.weight.requires_grad and torch.is_grad_enabled():
+            return _SingleChannelConv3dFunction.apply(x, self.weight, self.bias, self.padding[0], self.dilation[0])
+        return super().forward(x)
+
+
 class ScaleDenseTrunk(nn.Module):
     """Stem (Conv3d 1->nb_filter, kernel 7, dilation 2, padding 1, ELU), ``nb_block`` ScaleDense blocks
     (block i: C -> 2C new channels, so C grows 8 -> 24 -> 72 -> 216 -> 648 -> 1944), global average pool,
@@ -68,7 +110,7 @@ class ScaleDenseTrunk(nn.Module):
 
     def __init__(self, nb_filter: int = 8, nb_block: int = 5):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv3d(1, nb_filter, kernel_size=7, padding=1, dilation=2), nn.ELU())
+        self.stem = nn.Sequential(StemConv3d(1, nb_filter, kernel_size=7, padding=1, dilation=2), nn.ELU())
         blocks, channels = [], nb_filter
         for _ in range(nb_block):
             blocks.append(ScaleDenseBlock(channels, 2 * channels))
