@@ -123,6 +123,20 @@ def _datasets(frame: pd.DataFrame, images: dict, hp: dict) -> dict[str, SliceDat
     return out
 
 
+def _method_name(weights: str) -> str:
+    """``midslice_resnet18`` from scratch, ``midslice_resnet18_imagenet1k_v1`` for torchvision weights,
+    ``midslice_resnet18_from_<method>`` for a checkpoint of this repository (e.g. ``alz_resnet18``),
+    else ``midslice_resnet18_<file stem>``."""
+    if weights in ("none", "", None):
+        return METHOD
+    path = Path(str(weights))
+    if path.is_file():
+        meta = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(meta, dict) and isinstance(meta.get("method"), str):
+            return f"{METHOD}_from_{meta['method']}"
+    return f"{METHOD}_{path.stem.lower()}"
+
+
 def train(profile: str | None = None, dataset: str = "ds000228", weights: str = "none", data_root: str | None = None,
           epochs: int | None = None, lr: float | None = None, image_size: int | None = None,
           precise_bn: bool | None = None, seed: int = 42,
@@ -166,7 +180,7 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
     if dev.type == "cpu":
         configure_cpu_threads()
     run_name = run_name or default_run_name(profile)
-    method = METHOD if weights == "none" else f"{METHOD}_{Path(str(weights)).stem.lower()}"
+    method = _method_name(weights)
     run_dir = Path(runs_dir) / method / dataset / run_name
     if run_dir.exists() and (run_dir / "last.pt").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")

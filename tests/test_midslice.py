@@ -112,3 +112,18 @@ def test_local_state_dict_is_loaded_except_the_head(tmp_path):
     assert model.fc.out_features == 3 and "donor.pt" in provenance
     with pytest.raises(FileNotFoundError):
         build_resnet18_classifier(3, str(tmp_path / "missing.pt"))
+
+
+def test_method_name_says_where_the_weights_came_from(tmp_path):
+    import torch
+
+    from midslice_classifier.train import _method_name
+
+    ckpt = tmp_path / "best.pt"
+    torch.save({"method": "alz_resnet18", "model_state": {}}, ckpt)
+    plain = tmp_path / "resnet18_custom.pth"
+    torch.save({"fc.weight": torch.zeros(1)}, plain)
+    assert _method_name("none") == "midslice_resnet18"
+    assert _method_name("IMAGENET1K_V1") == "midslice_resnet18_imagenet1k_v1"
+    assert _method_name(str(ckpt)) == "midslice_resnet18_from_alz_resnet18"
+    assert _method_name(str(plain)) == "midslice_resnet18_resnet18_custom"
