@@ -90,7 +90,7 @@ _TRANSFER_PAPER = dict(_ALTZ_PAPER, epochs=10, image_size=224, augment=True)
 HYPERPARAMETERS = {
     name: {"paper": dict(_ALTZ_PAPER if spec.arch is None else _TRANSFER_PAPER)} for name, spec in MODELS.items()
 }
-HYPERPARAMETERS["altzcnn"]["cpu"] = dict(_ALTZ_PAPER, epochs=8)
+HYPERPARAMETERS["altzcnn"]["cpu"] = dict(_ALTZ_PAPER, epochs=7)
 for _name in ("resnet18", "resnet50", "resnet50_dora", "efficientnet_b0", "efficientnet_b0_dora"):
     HYPERPARAMETERS[_name]["cpu"] = dict(_TRANSFER_PAPER, image_size=64, epochs=1)
 HYPERPARAMETERS["vit_b_16"]["cpu"] = dict(_TRANSFER_PAPER, image_size=64, epochs=1, max_train_images=512)

@@ -80,3 +80,27 @@ def test_bootstrap_ci_contains_mean_and_narrows_with_n():
     lo_l, hi_l = bootstrap_ci(large)
     assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
     assert hi_l - lo_l < hi_s - lo_s
+
+
+def test_classification_scores_match_scikit_learn():
+    """The vectorised bootstrap scores equal scikit-learn's definitions, absent classes included."""
+    import warnings
+
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+
+    from common.metrics import scores_from_confusion
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        k = 4
+        n = int(rng.integers(1, 50))
+        t = rng.integers(0, 1 + trial % k, n)
+        p = rng.integers(0, k, n)
+        matrix = np.bincount(t * k + p, minlength=k * k).reshape(1, k, k)
+        ours = scores_from_confusion(matrix)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recalls = recall_score(t, p, labels=list(range(k)), average=None, zero_division=np.nan)
+            expected = [accuracy_score(t, p), balanced_accuracy_score(t, p) if len(set(t)) > 1 else np.nan,
+                        f1_score(t, p, labels=list(range(k)), average="macro", zero_division=0), *recalls]
+        np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=f"trial {trial}")
