@@ -80,7 +80,7 @@ def test_fetch_data_links_local_copy(tmp_path):
                                            ("baselines/vgg16_svr/train.sh", "--keep_triplets"),
                                            ("alz_cnn/compare_transfer.sh", "--models"),
                                            ("tsan/train_first_stage.sh", "--nb_filter"),
-                                           ("tsan/train_second_stage.sh", "--first_stage")])
+                                           ("tsan/train_second_stage.sh", "--variant")])
 def test_wrapper_help_shows_help_and_never_trains(wrapper, flag, tmp_path):
     """`bash <method>/train.sh --help` must print the CLI help, not start a run with the defaults."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
