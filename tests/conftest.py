@@ -158,3 +158,23 @@ def oasis2(tmp_path: Path) -> Path:
         "OAS2_0002,OAS2_0002_MR1,Demented,1,0,F,R,75,12,,23,0.5\n"
         "OAS2_0003,OAS2_0003_MR1,Converted,1,0,F,R,80,16,1,29,0\n")
     return root
+
+
+def write_study(tmp_path: Path, n_subjects: int, shape=(28, 28, 28), sexes: list[str] | None = None,
+                age=lambda i: 20 + 3 * i) -> Path:
+    """A BIDS study ``<tmp_path>/data/study`` (one T1 per subject, ages ``age(i)``, optional sex column)
+    and its shared split ``<tmp_path>/results/splits/study.csv``; returns the study folder."""
+    from common.data.sources import load_bids
+    from common.splits import make_age_stratified_split
+
+    root = tmp_path / "data" / "study"
+    lines = ["participant_id\tage" + ("\tsex" if sexes else "")]
+    for i in range(n_subjects):
+        lines.append(f"sub-{i:02d}\t{age(i)}" + (f"\t{sexes[i]}" if sexes else ""))
+        write_volume(root / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz", shape=shape, seed=i)
+    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
+    manifest, _ = load_bids(root)
+    (tmp_path / "results" / "splits").mkdir(parents=True)
+    make_age_stratified_split(manifest[["participant_id", "age"]], seed=0).to_csv(
+        tmp_path / "results" / "splits" / "study.csv", index=False)
+    return root

@@ -6,33 +6,16 @@ On CPU the kernels used here are deterministic, so the comparison is exact (bit-
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from common.data.sources import load_bids
-from common.splits import make_age_stratified_split
 from scripts.check_resume import kill_and_resume
-from tests.conftest import write_volume
+from tests.conftest import write_study
 
 EPOCHS = 6
 
 
-def _study(tmp_path: Path) -> None:
-    root = tmp_path / "data" / "study"
-    lines = ["participant_id\tage"]
-    for i in range(20):
-        lines.append(f"sub-{i:02d}\t{20 + 3 * i}")
-        write_volume(root / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz", shape=(28, 28, 28), seed=i)
-    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
-    manifest, _ = load_bids(root)
-    (tmp_path / "results" / "splits").mkdir(parents=True)
-    make_age_stratified_split(manifest[["participant_id", "age"]], seed=0).to_csv(
-        tmp_path / "results" / "splits" / "study.csv", index=False)
-
-
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    _study(tmp_path)
+    write_study(tmp_path, 20)
     args = ["--dataset=study", f"--data_root={tmp_path / 'data'}", f"--results_dir={tmp_path / 'results'}",
             f"--cache_dir={tmp_path / 'cache'}", "--profile=cpu", f"--epochs={EPOCHS}", "--batch_size=2",
             "--image_size=24", "--spacing_mm=2", "--widths=4,8,8,8"]

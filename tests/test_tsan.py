@@ -157,32 +157,16 @@ def test_ranking_loss_small_for_ordered_batch_and_gradient_for_wrong_one(small_s
     assert all(p.grad is None for p in sorter.parameters()), "the sorter stays frozen"
 
 
-def _study(tmp_path):
-    """A 24-subject BIDS study with sex, one subject of unknown sex, and its shared split."""
-    from common.data.sources import load_bids
-    from common.splits import make_age_stratified_split
-    from tests.conftest import write_volume
-
-    root = tmp_path / "data" / "study"
-    lines = ["participant_id\tage\tsex"]
-    for i in range(24):
-        lines.append(f"sub-{i:02d}\t{20 + 3.5 * i}\t{'MF'[i % 2] if i != 5 else 'n/a'}")
-        write_volume(root / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz", shape=(24, 28, 24), seed=i)
-    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
-    manifest, _ = load_bids(root)
-    (tmp_path / "results" / "splits").mkdir(parents=True)
-    make_age_stratified_split(manifest[["participant_id", "age"]], seed=0).to_csv(
-        tmp_path / "results" / "splits" / "study.csv", index=False)
-
-
 def test_two_stages_end_to_end(tmp_path):
     import json
 
     import pandas as pd
 
+    from tests.conftest import write_study
     from tsan import train as tsan
 
-    _study(tmp_path)
+    sexes = ["n/a" if i == 5 else "MF"[i % 2] for i in range(24)]
+    write_study(tmp_path, 24, shape=(24, 28, 24), sexes=sexes, age=lambda i: 20 + 3.5 * i)
     dirs = dict(data_root=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
                 cache_dir=str(tmp_path / "cache"))
     pretrain_sorter(seq_len=4, steps=5, batch_size=8, hidden=8, n_val=16,
