@@ -22,10 +22,10 @@ from torchvision.transforms import v2
 from common.data.image_folder import load_image_checked, scan_image_folder
 from common.data.manifest import Exclusions
 from common.io import atomic_write
+from common.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def load_alzheimer4(root: str | Path, val_fraction: float = 0.15, seed: int = 42,

@@ -15,6 +15,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+#: Per-channel mean and SD of ImageNet (RGB, [0, 1] scale) that torchvision's pretrained models expect.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 class WeightsUnavailableError(RuntimeError):
     """Requested pretrained weights are neither cached nor downloadable."""

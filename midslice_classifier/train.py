@@ -26,6 +26,7 @@ from common.data.checks import BadImageError
 from common.device import configure_cpu_threads, default_profile, select_device
 from common.experiment import default_run_name, labelled_split_frame, resolve_profile
 from common.plots import training_curves
+from common.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from common.results import split_counts
 from common.runlog import RunLogger, environment_info, git_commit
 from common.training import VAL_ACCURACY, FitConfig, fit_model, load_checkpoint, predict
@@ -40,7 +41,6 @@ SOURCE = 'MathWorks "Brain MRI Age Classification Using Deep Learning" (ds000228
 SOURCE_REPORTED = {"accuracy": 0.9130, "dataset": "ds000228, 46 test images of an image-level split (2022 version; "
                    "84.78% in the 2025 version)"}
 CLASS_NAMES = ["Ages3-5", "Ages7-12", "Adults"]
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 #: ``paper``: the source's settings. ``cpu``: 112x112 inputs and 30 epochs. A ResNet-18 training
 #: step costs 0.105 s per 224x224 image on 2 cores (15 epochs: about 5.5 minutes), 0.024 s at

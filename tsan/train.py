@@ -269,17 +269,18 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
 
 def source_metrics(predictions: pd.DataFrame) -> dict:
     """The metrics the TSAN code reports, on a predictions table: MAE, Pearson r, Spearman(pred, age),
-    Spearman(gap, age), mean gap and SD of the error (years)."""
-    from scipy.stats import pearsonr, spearmanr
+    Spearman(gap, age), mean gap and SD of the error (years); the shared ones come from
+    :func:`common.metrics.regression_metrics`."""
+    from scipy.stats import spearmanr
+
+    from common.metrics import regression_metrics
 
     age, pred = predictions["age"].to_numpy(float), predictions["predicted_age"].to_numpy(float)
-    gap = pred - age
+    shared = regression_metrics(age, pred)
     constant = np.ptp(pred) == 0
-    return {"mae": float(np.abs(gap).mean()),
-            "pearson_r": float("nan") if constant else float(pearsonr(pred, age).statistic),
+    return {**{k: shared[k] for k in ("mae", "pearson_r", "spearman_gap_age", "mean_gap")},
             "spearman_pred_age": float("nan") if constant else float(spearmanr(pred, age).statistic),
-            "spearman_gap_age": float(spearmanr(gap, age).statistic), "mean_gap": float(gap.mean()),
-            "sd_error": float(gap.std(ddof=1))}
+            "sd_error": float((pred - age).std(ddof=1))}
 
 
 def stage2_analysis(run_dir: Path, first_stage_run: str, dis_range: float) -> dict:

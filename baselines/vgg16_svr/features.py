@@ -19,10 +19,10 @@ from torch import nn
 
 from common.data.checks import load_checked
 from common.io import atomic_write
-from common.pretrained import load_pretrained
+from common.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def axial_triplets(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ class VGG16Features(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
-        x = ((x - IMAGENET_MEAN) / IMAGENET_STD).contiguous(memory_format=torch.channels_last)
+        x = ((x - _MEAN) / _STD).contiguous(memory_format=torch.channels_last)
         return self.features(x).flatten(1)
 
 
