@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from common.data.fingerprint import file_digest
 from common.data.image_folder import load_image_checked, scan_image_folder
 from common.data.manifest import Exclusions
 from common.io import atomic_write
@@ -62,8 +63,7 @@ def load_alzheimer4(root: str | Path, val_fraction: float = 0.15, seed: int = 42
 def _cache_key(paths: list[str], size: int) -> str:
     digest = hashlib.sha256(f"size={size};gray->rgb;PIL-bilinear".encode())
     for p in paths:
-        st = Path(p).stat()
-        digest.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        digest.update(f"{file_digest(p)}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -74,7 +74,7 @@ def cached_images(frame: pd.DataFrame, size: int, cache_dir: str | Path) -> np.n
     grayscale JPEGs, and a colour file is converted with the ITU-R 601-2 luma transform), resized
     with PIL's bilinear filter (what the source's ``transforms.Resize`` does on PIL images) and
     replicated to the 3 channels the models take (the source's ``convert('RGB')``). The cache file
-    is keyed by the paths, sizes and modification times of the files and the size.
+    is keyed by the content of the files (in row order) and the size.
 
     Raises:
         common.data.checks.BadImageError: a file became unreadable after indexing.

@@ -8,7 +8,6 @@ triplets of consecutive axial slices, each stacked as the 3 channels of one imag
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ import torchvision
 from torch import nn
 
 from common.data.checks import load_checked
+from common.data.fingerprint import file_digest
 from common.io import atomic_write
 from common.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 
@@ -81,8 +81,8 @@ class VGG16Features(nn.Module):
 
 class FeatureCache:
     """Per-subject feature matrices (T_kept, 25088) stored as float32 ``.npy`` (so a run that reads
-    the cache gives exactly the numbers of the run that filled it), keyed by the file's path, size
-    and mtime, the weights (and their initialisation seed) and the kept positions."""
+    the cache gives exactly the numbers of the run that filled it), keyed by the file's content, the
+    weights (and their initialisation seed) and the kept positions."""
 
     def __init__(self, root: str | Path, extractor: VGG16Features, weights: str, keep: int | None, seed: int = 42):
         self.extractor, self.keep = extractor, keep
@@ -91,8 +91,7 @@ class FeatureCache:
 
     def get(self, image_path: str | Path, batch_size: int = 16) -> np.ndarray:
         """Features of one scan, computed once. Raises BadImageError for a bad file."""
-        st = os.stat(image_path)
-        key = hashlib.sha1(f"{Path(image_path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+        key = file_digest(image_path)[:20]
         path = self.dir / f"{key}.npy"
         if path.exists():
             try:

@@ -1,8 +1,8 @@
 """Deterministic volume preprocessing with MONAI, cached on disk.
 
 The result of :func:`preprocess_volume` for one file is stored once as ``.npy`` under
-``<cache_root>/<spec.key()>/``, named by a hash of the file's absolute path, size and mtime (and
-those of its mask). A changed file or changed parameters therefore give a new entry; entries are
+``<cache_root>/<spec.key()>/``, named by a hash of the file's content (and its mask's; see
+:mod:`common.data.fingerprint`). A changed file or changed parameters therefore give a new entry; entries are
 written to a temporary file and renamed into place, and one that cannot be read back with the
 expected shape is rebuilt. Training then reads memory-mapped arrays and never decodes a NIfTI.
 """
@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.data.checks import BadImageError, load_checked, load_mask
+from common.data.fingerprint import file_digest
 from common.data.manifest import Exclusions
 from common.io import atomic_write, write_json
 
@@ -167,13 +168,6 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
     return out
 
 
-def _file_fingerprint(path: str | Path) -> str:
-    if not path:
-        return ""
-    st = os.stat(path)
-    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
 class VolumeCache:
     """On-disk cache of :func:`preprocess_volume` results for one :class:`VolumeSpec`."""
 
@@ -182,9 +176,9 @@ class VolumeCache:
         self.dir = Path(root) / f"volumes-{spec.key()}"
 
     def path_for(self, image_path: str | Path, mask_path: str | Path = "") -> Path:
-        """Cache file for this image (keyed by path, size and mtime of image and mask)."""
+        """Cache file for this image (keyed by the content of image and mask)."""
         mask = mask_path if self.spec.apply_mask else ""
-        digest = hashlib.sha1((_file_fingerprint(image_path) + "#" + _file_fingerprint(mask)).encode()).hexdigest()
+        digest = hashlib.sha1((file_digest(image_path) + "#" + file_digest(mask)).encode()).hexdigest()
         return self.dir / f"{digest[:20]}.npy"
 
     def is_valid(self, path: Path) -> bool:
