@@ -33,6 +33,7 @@ from alz_cnn.model import AltzCNN, build_transfer_model, count_parameters, model
 from alz_cnn.near_duplicates import DEFAULT_THRESHOLD, DEFAULT_THUMBNAIL, find_near_duplicates, near_duplicate_figure
 from common.classification import publish_classification_result, report_classification
 from common.device import configure_cpu_threads, default_profile, select_device
+from common.distributed import main_process_first
 from common.experiment import default_run_name, resolve_profile
 from common.io import write_csv, write_json
 from common.metrics import classification_metrics
@@ -195,7 +196,8 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
     run_dir = Path(runs_dir) / method / dataset / (run_name or default_run_name(profile))
     if (run_dir / "last.pt").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
-    frame, class_names, exclusions, images = _load(data_root, cache_dir, hp["image_size"], val_fraction, seed)
+    with main_process_first():  # under torchrun rank 0 fills the image cache, the others read it
+        frame, class_names, exclusions, images = _load(data_root, cache_dir, hp["image_size"], val_fraction, seed)
     torch.manual_seed(seed)
     net, provenance = build_model(model, len(class_names), weights, hp["image_size"])
     run_dir.mkdir(parents=True, exist_ok=True)

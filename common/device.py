@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from common import distributed
+
 
 def select_device(preference: str = "auto") -> torch.device:
     """Pick the compute device.
@@ -17,11 +19,19 @@ def select_device(preference: str = "auto") -> torch.device:
             ``"mps"`` or ``"cpu"``.
 
     Returns:
-        The selected ``torch.device``.
+        The selected ``torch.device``. Under torchrun (``WORLD_SIZE`` > 1) the process also joins
+        the process group (:func:`common.distributed.init_distributed`) and gets ``cuda:LOCAL_RANK``.
 
     Raises:
         ValueError: if an explicit device is requested that is not available here.
     """
+    device = _pick_device(preference)
+    if distributed.init_distributed(device.type):
+        device = distributed.local_device(device)
+    return device
+
+
+def _pick_device(preference: str) -> torch.device:
     if preference == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -79,8 +89,10 @@ def seed_everything(seed: int) -> None:
 def configure_cpu_threads() -> int:
     """Use every available core for intra-op parallelism; returns the thread count.
 
-    Respects an explicit ``OMP_NUM_THREADS``.
+    Respects an explicit ``OMP_NUM_THREADS``; under torchrun the cores are shared out between the
+    ``LOCAL_WORLD_SIZE`` processes of this machine.
     """
-    n = int(os.environ.get("OMP_NUM_THREADS", 0)) or len(os.sched_getaffinity(0))
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    n = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, len(os.sched_getaffinity(0)) // local_processes)
     torch.set_num_threads(n)
     return n

@@ -10,6 +10,7 @@ import pandas as pd
 
 from common.data.manifest import Exclusions
 from common.data.sources import load_dataset
+from common.distributed import broadcast_object
 from common.paths import find_data_root
 from common.splits import SPLITS, attach_split, load_split
 
@@ -61,8 +62,8 @@ def labelled_split_frame(dataset: str, data_root: str | None, results_dir: str |
 
 
 def default_run_name(profile: str) -> str:
-    """``<profile>-YYYYmmdd-HHMMSS`` (UTC)."""
-    return f"{profile}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    """``<profile>-YYYYmmdd-HHMMSS`` (UTC); under torchrun, rank 0's name on every process."""
+    return broadcast_object(f"{profile}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
 
 
 def int_tuple(value: object) -> tuple[int, ...]:

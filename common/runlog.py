@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from common.distributed import is_main_process, world_size
 from common.io import write_json
 
 
@@ -60,25 +61,31 @@ class RunLogger:
         config: every resolved argument; written to ``config.json`` with commit and versions.
         device: compute device, recorded in the config.
         resume: append to an existing ``metrics.csv`` instead of starting a new one.
+
+    Under torchrun only rank 0 writes; on the other processes every method is a no-op.
     """
 
     def __init__(self, run_dir: str | Path, config: dict, device: torch.device, resume: bool = False):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config = {**config, "git_commit": git_commit(), "environment": environment_info(device)}
-        write_json(self.run_dir / "config.json", self.config)
+        self.config = {**config, "git_commit": git_commit(), "environment": environment_info(device),
+                       "world_size": world_size()}
+        self.active = is_main_process()
+        self._fields: list[str] | None = None
         self.metrics_path = self.run_dir / "metrics.csv"
+        if not self.active:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", self.config)
         if not resume and self.metrics_path.exists():
             self.metrics_path.unlink()
         self.writer = SummaryWriter(log_dir=str(self.run_dir))
-        self._fields: list[str] | None = None
 
     def truncate(self, before_epoch: int) -> None:
         """Keep only ``metrics.csv`` rows of epochs before ``before_epoch`` (on resume: rows written
         after the last checkpoint, or a half-written last line from a killed run, are dropped)."""
-        if not self.metrics_path.exists():
+        if not self.active or not self.metrics_path.exists():
             return
         import pandas as pd
 
@@ -96,6 +103,8 @@ class RunLogger:
     def log_epoch(self, epoch: int, scalars: dict[str, float]) -> None:
         """Append one row to ``metrics.csv`` and write ``scalars`` (names like ``loss/train``)
         to TensorBoard with the epoch as step."""
+        if not self.active:
+            return
         row = {"epoch": epoch, **scalars}
         new = not self.metrics_path.exists()
         if self._fields is None:
@@ -110,4 +119,5 @@ class RunLogger:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.active:
+            self.writer.close()

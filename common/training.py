@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from common import distributed
 from common.device import seed_everything
 from common.io import save_torch
 from common.runlog import RunLogger
@@ -104,7 +105,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, opt
     """One pass over ``loader``; returns mean loss and the largest gradient norm seen."""
     model.train()
     total, count, max_grad = 0.0, 0, 0.0
-    for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
+    for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=not distributed.is_main_process()):
         x, y = _to_device(batch, device, cfg.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast_context(device, cfg.amp_dtype):
@@ -126,6 +127,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, opt
             optimizer.step()
         total += loss.item() * len(y)
         count += len(y)
+    if distributed.is_distributed():  # mean over every process's samples
+        sums = torch.tensor([total, count], dtype=torch.float64)
+        torch.distributed.all_reduce(sums)
+        total, count = sums.tolist()
     return {"loss": total / max(count, 1), "max_grad_norm": max_grad}
 
 
@@ -164,13 +169,19 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
-            channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            channels_last: bool = False, shared: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predict every sample of ``loader`` once, in order.
+
+    Args:
+        shared: under torchrun, every process predicts its share of ``loader`` and the predictions
+            are gathered (all processes must call it); False: this process predicts everything.
 
     Returns:
         ``(indices, targets, outputs)`` numpy arrays: (N,), (N,) and (N,) for regressors (years)
         or (N, K) logits for classifiers.
     """
+    if shared:
+        loader = distributed.shard_loader(loader, train=False, seed=0)
     model.eval()
     idx, ages, preds = [], [], []
     for batch in loader:
@@ -180,7 +191,10 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtyp
         idx.append(batch["index"].numpy())
         ages.append(y.cpu().numpy())
         preds.append(out.float().cpu().numpy())
-    return np.concatenate(idx), np.concatenate(ages), np.concatenate(preds)
+    if not idx:  # a process whose share is empty (fewer samples than processes)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), np.empty(0, dtype=np.float32)
+    result = np.concatenate(idx), np.concatenate(ages), np.concatenate(preds)
+    return distributed.gather_predictions(*result) if shared else result
 
 
 class WarmupThenPlateau:
@@ -267,6 +281,11 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
                   bn_loader: DataLoader | None = None, selection: Selection = VAL_MAE) -> dict:
     """Train with per-epoch validation; keep ``best.pt`` (best ``selection`` score) and ``last.pt``.
 
+    Under torchrun (:mod:`common.distributed`) the model is wrapped in DistributedDataParallel, each
+    process trains on its share of every global batch, validation predictions are gathered before
+    the score is computed, and only rank 0 writes; when training ends the other processes leave
+    the process group and exit (status 0), so testing and publishing run on rank 0 alone.
+
     ``scheduler`` is stepped once per epoch; a ``ReduceLROnPlateau`` receives the validation score.
     Checkpoints hold model, optimizer, scheduler and scaler state plus ``checkpoint_meta``
     (method name, preprocessing spec, ...), and are written atomically. With ``cfg.precise_bn``,
@@ -293,22 +312,30 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
                  start_epoch, selection.name, best_score, best_epoch)
     if resume:  # drop metrics rows of epochs that have no checkpoint (killed after logging, before saving)
         logger.truncate(start_epoch)
+    net = distributed.wrap_model(model, device)
+    train_loader = distributed.shard_loader(train_loader, train=True, seed=cfg.seed)
+    main = distributed.is_main_process()
     t0 = time.time()
     epoch = start_epoch - 1
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs,
+               disable=not main)
     for epoch in bar:
         seed_everything(cfg.seed + epoch)
         if getattr(train_loader, "generator", None) is not None:
             train_loader.generator.manual_seed(cfg.seed + epoch)
         if hasattr(train_loader.dataset, "reseed"):
             train_loader.dataset.reseed(cfg.seed + epoch)
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        tr = train_one_epoch(model, train_loader, loss_fn, optimizer, device, cfg, scaler, desc=f"epoch {epoch}")
+        tr = train_one_epoch(net, train_loader, loss_fn, optimizer, device, cfg, scaler, desc=f"epoch {epoch}")
         if cfg.precise_bn:
             if bn_loader is None:
                 raise ValueError("precise_bn needs bn_loader (un-augmented training data)")
-            recalibrate_batchnorm(model, bn_loader, device, cfg.channels_last)
-        _, targets, outputs = predict(model, val_loader, device, cfg.amp_dtype, cfg.channels_last)
+            recalibrate_batchnorm(model, distributed.shard_loader(bn_loader, train=False, seed=0), device,
+                                  cfg.channels_last)
+            distributed.average_buffers(model)
+        _, targets, outputs = predict(model, val_loader, device, cfg.amp_dtype, cfg.channels_last, shared=True)
         val_loss = float(loss_fn(torch.from_numpy(outputs), torch.from_numpy(targets)))
         score = selection.fn(outputs, targets)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or getattr(scheduler, "needs_metric", False):
@@ -330,12 +357,14 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
             "scaler_state": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch, "best_val": best_score, "best_epoch": best_epoch, "stale_epochs": stale,
         }
-        if improved:
+        if improved and main:
             best = {k: v for k, v in state.items() if k not in ("optimizer_state", "scheduler_state", "scaler_state")}
             save_torch(run_dir / "best.pt", {**best, "val_score": score})
-        save_torch(run_dir / "last.pt", state)
+        if main:
+            save_torch(run_dir / "last.pt", state)
         if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
             log.info("early stopping at epoch %d (no improvement for %d epochs)", epoch, stale)
             break
+    distributed.release_workers()
     return {"best_epoch": best_epoch, "best_val": best_score, "selection": selection.name, "epochs_run": epoch + 1,
             "train_seconds": time.time() - t0}

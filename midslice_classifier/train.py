@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 from common.classification import publish_classification_result, report_classification
 from common.data.checks import BadImageError
 from common.device import configure_cpu_threads, default_profile, select_device
+from common.distributed import main_process_first
 from common.experiment import default_run_name, labelled_split_frame, resolve_profile
 from common.plots import training_curves
 from common.pretrained import IMAGENET_MEAN, IMAGENET_STD
@@ -188,7 +189,8 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
     model, provenance = build_resnet18_classifier(len(CLASS_NAMES), weights)
     frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
     frame = frame[frame["label"].isin(CLASS_NAMES)].reset_index(drop=True)
-    frame, images = prepare_slices(frame, cache_dir, exclusions)
+    with main_process_first():  # under torchrun rank 0 fills the slice cache, the others read it
+        frame, images = prepare_slices(frame, cache_dir, exclusions)
     run_dir.mkdir(parents=True, exist_ok=True)
     exclusions.write(run_dir / "exclusions.csv")
     data = _datasets(frame, images, hp)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.distributed import is_main_process
+
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
@@ -89,8 +91,11 @@ class Exclusions:
         return len(self.rows)
 
     def write(self, path: str | Path) -> Path:
-        """Write ``dataset,item,stage,reason`` rows to ``path`` (created even when empty)."""
+        """Write ``dataset,item,stage,reason`` rows to ``path`` (created even when empty; under
+        torchrun by rank 0 only)."""
         path = Path(path)
+        if not is_main_process():
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["dataset", "item", "stage", "reason"])

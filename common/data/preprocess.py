@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from common.data.checks import BadImageError, load_checked, load_mask
 from common.data.fingerprint import file_digest
 from common.data.manifest import Exclusions
+from common.distributed import main_process_first
 from common.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,14 @@ def prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str | 
 
     Returns:
         The rows that passed, with a ``cache_path`` column (float32 (1, D, H, W) ``.npy`` files).
+        Under torchrun rank 0 fills the cache first and the other processes then read it.
     """
+    with main_process_first():
+        return _prepare_volumes(manifest, spec, cache_root, exclusions, workers)
+
+
+def _prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str | Path,
+                     exclusions: Exclusions, workers: int | None) -> pd.DataFrame:
     cache = VolumeCache(cache_root, spec)
     todo, paths = [], [""] * len(manifest)
     for i, row in enumerate(manifest.itertuples(index=False)):
