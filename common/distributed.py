@@ -171,6 +171,21 @@ def gather_predictions(indices: np.ndarray, targets: np.ndarray, outputs: np.nda
     return idx[order], np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order]
 
 
+def gather_batch(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenation of every process's ``tensor`` along dim 0 (the global batch), differentiable.
+
+    For losses that couple the samples of a batch (TSAN's ranking loss): every process computes the
+    same global loss; the backward pass sums each process's share of the gradient over processes
+    (``world_size`` times the gradient of its own samples), which DistributedDataParallel's gradient
+    averaging turns back into the exact single-process gradient. Without a process group: ``tensor``.
+    """
+    if not is_distributed():
+        return tensor
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(tensor), dim=0)
+
+
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     """``DistributedDataParallel(model)`` (SyncBatchNorm on CUDA) under torchrun, else ``model``.
 

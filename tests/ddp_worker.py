@@ -17,11 +17,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.device import select_device  # noqa: E402
-from common.distributed import world_size  # noqa: E402
+from common.distributed import gather_batch, world_size  # noqa: E402
 from common.runlog import RunLogger  # noqa: E402
 from common.training import FitConfig, fit_model  # noqa: E402
 
 GLOBAL_BATCH, SEED = 8, 3
+
+
+def batch_coupled_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE + a term that couples the samples of the (global) batch, as TSAN's ranking loss does:
+    computed on the gathered global batch, it must train exactly as in one process."""
+    if pred.requires_grad:
+        pred, target = gather_batch(pred), gather_batch(target)
+    return nn.functional.mse_loss(pred, target) + (pred.std() - target.std()) ** 2
 
 
 class RandomVolumes(Dataset):
@@ -53,7 +61,7 @@ def main(run_dir: str) -> None:
         train_loader = DataLoader(train, batch_size=GLOBAL_BATCH, shuffle=True, drop_last=True)
     val_loader = DataLoader(RandomVolumes(7, seed=2), batch_size=2)  # odd size: no padding allowed
     logger = RunLogger(run_dir, {"test": "ddp"}, device)
-    fit_model(model, optimizer, None, nn.MSELoss(), train_loader, val_loader, device,
+    fit_model(model, optimizer, None, batch_coupled_loss, train_loader, val_loader, device,
               FitConfig(epochs=3, seed=SEED), run_dir, logger, {"method": "ddp_test"})
     logger.close()
 

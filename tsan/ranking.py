@@ -21,6 +21,7 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from common.distributed import gather_batch
 from common.io import save_torch
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ class TSANLoss(nn.Module):
     For stage 2 ``pred = d + r``, so ``MSE(pred, y) = MSE(r, y - d)``, the public code's residual loss.
     The ranking term needs batches of exactly the sorter's length (training uses ``drop_last``); on
     longer inputs (the validation loss) it is averaged over consecutive full chunks and a shorter
-    remainder gets none. Shapes: pred, target (B,) years -> scalar.
+    remainder gets none. Under torchrun the loss is computed on the gathered global batch
+    (:func:`common.distributed.gather_batch`). Shapes: pred, target (B,) years -> scalar.
     """
 
     def __init__(self, ranking: RankingLoss, lbd: float = 10.0):
@@ -206,6 +208,8 @@ class TSANLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred, target = pred.reshape(-1), target.reshape(-1).to(pred.dtype)
+        if pred.requires_grad:  # under torchrun: rank the global batch, as one process would
+            pred, target = gather_batch(pred), gather_batch(target)
         loss = nn.functional.mse_loss(pred, target)
         n = self.ranking_loss.sorter.seq_len
         chunks = [(pred[i:i + n], target[i:i + n]) for i in range(0, len(pred) - n + 1, n)]
