@@ -1,0 +1,401 @@
+"""Speed benchmark: cached vs naive data path, fp32 vs the CPU fast path, and the main job's wall time.
+
+    python scripts/bench.py                       # everything; writes results/BENCHMARKS.md (+ .json)
+    python scripts/bench.py --sections=loading,models --repeats=5
+    bash scripts/bench.sh                         # the same, with set-up
+
+Sections (all measured in this run, on this machine, with nothing asserted about the numbers):
+
+- ``preprocess``: volumes/s of the preprocessing (MONAI pipeline of resnet3d's ``cpu`` profile) cold
+  (empty cache) vs cached (the memory-mapped ``.npy`` read by the training loaders).
+- ``loading``: one training epoch of the OASIS ResBlock regressor (``cpu`` profile) with the OASIS
+  tutorial's naive loading (every NIfTI decoded and resampled with nilearn at every epoch) vs the
+  cached path, same model, same batches.
+- ``models``: for each deep method at its ``cpu`` profile's input size and batch: training and
+  inference samples/s and the peak resident memory of a fresh process, in fp32, with
+  channels_last(_3d) and with bf16 autocast (emulated, hence not used, on CPUs without native bf16).
+- ``mainjob``: wall time of each method in the main job (``wall_time_s`` of the committed result
+  files, i.e. the runs that produced the leaderboard).
+
+Timings are medians over ``--repeats`` timed repetitions after one warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import fire
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.data.datasets import VolumeDataset  # noqa: E402
+from common.data.manifest import Exclusions  # noqa: E402
+from common.data.preprocess import VolumeSpec, prepare_volumes, preprocess_volume  # noqa: E402
+from common.data.sources import load_dataset  # noqa: E402
+from common.device import configure_cpu_threads, cpu_has_fast_bf16  # noqa: E402
+from common.io import write_json, write_text  # noqa: E402
+from common.paths import find_data_root  # noqa: E402
+
+SECTIONS = ("preprocess", "loading", "models", "mainjob")
+
+
+def machine() -> dict:
+    """CPU model, cores, SIMD flags relevant to the fast path, torch version and threads."""
+    flags = ""
+    model = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), model)
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "simd": simd, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "native_bf16": cpu_has_fast_bf16()}
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _frame(dataset: str, n: int, data_root: str | None):
+    manifest, _ = load_dataset(dataset, find_data_root(data_root))
+    frame = manifest[manifest["age"].notna()].sort_values("participant_id").head(n).reset_index(drop=True)
+    if frame.empty:
+        raise FileNotFoundError(f"no labelled images in {dataset}")
+    return frame
+
+
+def bench_preprocess(n: int, repeats: int, data_root: str | None) -> dict:
+    """Cold (empty cache, one worker) vs cached volumes/s for resnet3d's cpu-profile preprocessing."""
+    frame = _frame("ixi_hh", n, data_root)
+    spec = VolumeSpec(shape=(48, 48, 48), spacing_mm=(4.0, 4.0, 4.0))
+    cold = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            prepare_volumes(frame, spec, tmp, Exclusions(), workers=1)
+            cold.append(time.perf_counter() - t)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_volumes(frame, spec, tmp, Exclusions(), workers=1)
+
+        def cached():
+            ready = prepare_volumes(frame, spec, tmp, Exclusions(), workers=1)
+            for i in range(len(ready)):
+                VolumeDataset(ready)[i]
+
+        warm = _timed(cached, repeats)
+    cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    return {"volumes": len(frame), "spec": spec.to_dict(), "cold_s": cold, "cached_s": warm,
+            "cold_vol_per_s": len(frame) / cold_s, "cached_vol_per_s": len(frame) / warm_s, "ratio": cold_s / warm_s}
+
+
+class NaiveVolumes(torch.utils.data.Dataset):
+    """The OASIS tutorial's loading: decode and resample (nilearn) every NIfTI each time it is read."""
+
+    def __init__(self, frame, spec: VolumeSpec):
+        self.frame, self.spec = frame.reset_index(drop=True), spec
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.frame.iloc[i]
+        image = torch.from_numpy(preprocess_volume(row["image_path"], self.spec))
+        return {"image": image, "target": torch.tensor(float(row["age"])), "index": torch.tensor(i)}
+
+
+def _oasis_epoch(loader, model, optimizer) -> None:
+    model.train()
+    for batch in loader:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(batch["image"]), (batch["target"] - 50) / 20)
+        loss.backward()
+        optimizer.step()
+
+
+def bench_loading(n: int, repeats: int, data_root: str | None) -> dict:
+    """One OASIS ResBlock training epoch: naive nilearn loading vs the memory-mapped cache."""
+    from baselines.oasis_resblock.model import OasisResBlockRegressor
+    from baselines.oasis_resblock.train import PROFILES
+
+    hp = PROFILES["cpu"]
+    spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3,
+                      intensity="zscore_volume_clip3", pipeline="nilearn_centered")
+    frame = _frame("ixi_hh", n, data_root)
+    torch.manual_seed(0)
+    model = OasisResBlockRegressor()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"])
+    with tempfile.TemporaryDirectory() as tmp:
+        ready = prepare_volumes(frame, spec, tmp, Exclusions(), workers=1)
+        loaders = {
+            "naive": torch.utils.data.DataLoader(NaiveVolumes(frame, spec), batch_size=hp["batch_size"]),
+            "cached": torch.utils.data.DataLoader(VolumeDataset(ready), batch_size=hp["batch_size"]),
+        }
+        times = {k: _timed(lambda loader=loader: _oasis_epoch(loader, model, optimizer), repeats)
+                 for k, loader in loaders.items()}
+    naive, cached = statistics.median(times["naive"]), statistics.median(times["cached"])
+    return {"subjects": len(frame), "batch_size": hp["batch_size"], "spec": spec.to_dict(), "naive_s": times["naive"],
+            "cached_s": times["cached"], "naive_epoch_s": naive, "cached_epoch_s": cached, "ratio": naive / cached}
+
+
+def _model_specs() -> dict[str, dict]:
+    """Each deep method at its cpu profile: builder, input shape (without batch), batch, extra inputs."""
+    return {
+        "resnet3d": dict(build="resnet3d", shape=(1, 48, 48, 48), batch=4),
+        "oasis_resblock": dict(build="oasis_resblock", shape=(1, 32, 32, 32), batch=8),
+        "tsan_stage1": dict(build="tsan_stage1", shape=(1, 91, 109, 91), batch=8),
+        "midslice_resnet18": dict(build="midslice_resnet18", shape=(3, 112, 112), batch=24),
+        "alz_altzcnn": dict(build="alz_altzcnn", shape=(3, 64, 64), batch=128),
+    }
+
+
+def _build(name: str) -> torch.nn.Module:
+    if name == "resnet3d":
+        from resnet3d.model import BrainAgeResNet3D
+        return BrainAgeResNet3D()
+    if name == "oasis_resblock":
+        from baselines.oasis_resblock.model import OasisResBlockRegressor
+        return OasisResBlockRegressor()
+    if name == "tsan_stage1":
+        from tsan.model import FirstStage, ScaleDense, init_weights
+        from tsan.train import PROFILES
+        hp = PROFILES["cpu"]
+        model = FirstStage(ScaleDense(hp["nb_filter"], hp["nb_block"], use_sex=True), hp["downsample"])
+        model.apply(init_weights)
+        return model
+    if name == "midslice_resnet18":
+        from midslice_classifier.model import build_resnet18_classifier
+        return build_resnet18_classifier(3, "none")[0]
+    if name == "alz_altzcnn":
+        from alz_cnn.model import AltzCNN
+        return AltzCNN()
+    raise KeyError(name)
+
+
+def _measure_model(name: str, mode: str, repeats: int, queue) -> None:
+    """In a fresh process: training and inference samples/s and peak RSS for one model and mode."""
+    configure_cpu_threads()
+    spec = _model_specs()[name]
+    torch.manual_seed(0)
+    model = _build(spec["build"])
+    x = torch.randn(spec["batch"], *spec["shape"])
+    extras = [torch.randint(0, 2, (spec["batch"],))] if getattr(model, "extra_inputs", ()) else []
+    if mode == "channels_last":
+        fmt = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+        model = model.to(memory_format=fmt)
+        x = x.contiguous(memory_format=fmt)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=(mode == "bf16"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step():
+        model.train()
+        optimizer.zero_grad()
+        with autocast:
+            out = model(x, *extras)
+        out.float().square().mean().backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def infer_step():
+        model.eval()
+        with autocast:
+            model(x, *extras)
+
+    train = _timed(train_step, repeats)
+    infer = _timed(infer_step, repeats)
+    queue.put({"model": name, "mode": mode, "batch": spec["batch"], "input": list(spec["shape"]),
+               "train_step_s": train, "infer_step_s": infer,
+               "train_samples_per_s": spec["batch"] / statistics.median(train),
+               "infer_samples_per_s": spec["batch"] / statistics.median(infer),
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def bench_models(repeats: int, models: tuple[str, ...], bf16_repeats: int) -> list[dict]:
+    """fp32 vs channels_last vs bf16 autocast for every deep method, each in a fresh process."""
+    ctx = mp.get_context("spawn")
+    rows = []
+    for name in models:
+        for mode in ("fp32", "channels_last", "bf16"):
+            queue = ctx.Queue()
+            n = bf16_repeats if (mode == "bf16" and not cpu_has_fast_bf16()) else repeats
+            if n <= 0:
+                continue
+            proc = ctx.Process(target=_measure_model, args=(name, mode, n, queue))
+            proc.start()
+            row = queue.get()
+            proc.join()
+            print(f"[bench] {name} {mode}: train {row['train_samples_per_s']:.2f} samples/s, "
+                  f"inference {row['infer_samples_per_s']:.2f} samples/s, peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+            rows.append(row)
+    return rows
+
+
+#: Result-file prefixes of each main-job method (``scripts/reproduce.sh`` names).
+MAINJOB_METHODS = {
+    "reference": ("mean_age__", "roi_ridge__"), "resnet3d": ("resnet3d__",), "oasis_resblock": ("oasis_resblock__",),
+    "vgg16_svr": ("vgg16_svr_",), "midslice_classifier": ("midslice_resnet18__",), "alz_cnn": ("alz_",),
+    "tsan": ("tsan_",),
+}
+
+
+#: Methods whose result files of one dataset come from one process (each file carries its total time).
+ONE_RUN_PER_DATASET = {"vgg16_svr"}
+
+
+def mainjob_minutes(rows: list[dict]) -> dict[str, float]:
+    """Minutes per method: the sum over its runs (the maximum over one run's files where a single
+    process writes several results, :data:`ONE_RUN_PER_DATASET`)."""
+    per_run: dict[tuple[str, str, str], float] = {}
+    for r in rows:
+        key = (r["method"], r["dataset"], "" if r["method"] in ONE_RUN_PER_DATASET else r["result"])
+        per_run[key] = max(per_run.get(key, 0.0), r["wall_time_s"])
+    minutes: dict[str, float] = {}
+    for (method, _, _), seconds in per_run.items():
+        minutes[method] = minutes.get(method, 0.0) + seconds / 60
+    return minutes
+
+
+def bench_mainjob(results_dir: str) -> list[dict]:
+    """Wall time per main-job method and dataset, from the committed result files."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        stem = path.stem
+        method = next((m for m, prefixes in MAINJOB_METHODS.items() if stem.startswith(prefixes)), None)
+        if method is None:
+            continue
+        result = json.loads(path.read_text())
+        rows.append({"method": method, "result": stem, "dataset": result.get("dataset", stem.split("__")[-1]),
+                     "wall_time_s": float(result.get("wall_time_s") or 0.0), "commit": result.get("commit", "")[:10],
+                     "profile": result.get("profile", "")})
+    return rows
+
+
+def _md(report: dict) -> str:
+    m = report["machine"]
+    out = ["# Benchmarks", "",
+           f"Written by `python scripts/bench.py` on {report['date']} (commit {report['commit']}). "
+           f"Machine: {m['cpu']}, {m['cores']} cores, SIMD {', '.join(m['simd']) or 'none'}, native bf16: "
+           f"{'yes' if m['native_bf16'] else 'no'}; torch {m['torch']}, {m['threads']} threads. "
+           f"Medians over {report['repeats']} timed repetitions after one warm-up.", ""]
+    if "preprocess" in report:
+        p = report["preprocess"]
+        out += ["## Preprocessing: cold vs cached", "",
+                f"{p['volumes']} IXI-HH volumes, MONAI pipeline {tuple(p['spec']['shape'])} at "
+                f"{p['spec']['spacing_mm'][0]:g} mm, one worker.", "", "| path | volumes/s | ratio |", "|---|---|---|",
+                f"| cold (decode, reorient, resample, normalise, write) | {p['cold_vol_per_s']:.2f} | 1 |",
+                f"| cached (memory-mapped `.npy`) | {p['cached_vol_per_s']:.1f} | {p['ratio']:.0f}x |", ""]
+    if "loading" in report:
+        lo = report["loading"]
+        out += ["## One training epoch: naive loading vs cached", "",
+                f"OASIS ResBlock regressor (`cpu` profile: {tuple(lo['spec']['shape'])} at {lo['spec']['spacing_mm'][0]:g} mm, "
+                f"batch {lo['batch_size']}), {lo['subjects']} IXI-HH subjects. Naive = the OASIS tutorial's loading: every NIfTI "
+                "decoded and resampled with nilearn at every epoch.", "",
+                "| loading | epoch (s) | speed-up |", "|---|---|---|",
+                f"| naive (nilearn every epoch) | {lo['naive_epoch_s']:.2f} | 1 |",
+                f"| cached (this repository) | {lo['cached_epoch_s']:.2f} | **{lo['ratio']:.1f}x** |", ""]
+    if "models" in report:
+        out += ["## Deep methods: fp32 vs the fast-path candidates", "",
+                "Synthetic inputs of each method's `cpu` profile shape and batch; one fresh process per row (peak "
+                "resident memory of that process, including Python and torch).", "",
+                "| model | input x batch | mode | train samples/s | vs fp32 | inference samples/s | vs fp32 | peak RSS (MB) |",
+                "|---|---|---|---|---|---|---|---|"]
+        base = {r["model"]: r for r in report["models"] if r["mode"] == "fp32"}
+        for r in report["models"]:
+            b = base.get(r["model"], r)
+            out.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} x {r['batch']} | {r['mode']} | "
+                       f"{r['train_samples_per_s']:.2f} | {r['train_samples_per_s'] / b['train_samples_per_s']:.2f}x | "
+                       f"{r['infer_samples_per_s']:.2f} | {r['infer_samples_per_s'] / b['infer_samples_per_s']:.2f}x | "
+                       f"{r['peak_rss_mb']:.0f} |")
+        out += ["", report.get("fast_path_verdict", ""), ""]
+    if "mainjob" in report:
+        rows = report["mainjob"]
+        per_method = mainjob_minutes(rows)
+        out += ["## Main job: wall time per method", "",
+                "From `wall_time_s` of the result files in `results/` (the runs behind the leaderboard; cold caches "
+                "where a run filled them).", "", "| method | results | datasets | wall time (min) |", "|---|---|---|---|"]
+        for method, seconds in per_method.items():
+            mine = [r for r in rows if r["method"] == method]
+            out.append(f"| {method} | {len(mine)} | {', '.join(sorted({r['dataset'] for r in mine}))} | {seconds:.1f} |")
+        out += [f"| **total** | {len(rows)} | | **{sum(per_method.values()):.1f}** |", ""]
+    return "\n".join(out)
+
+
+def _verdict(rows: list[dict]) -> str:
+    """Which fast-path settings pay off here (>= 1.5x training throughput), stated from the numbers."""
+    base = {r["model"]: r for r in rows if r["mode"] == "fp32"}
+    wins = [f"{r['model']} {r['mode']} {r['train_samples_per_s'] / base[r['model']]['train_samples_per_s']:.2f}x"
+            for r in rows if r["mode"] != "fp32" and r["model"] in base
+            and r["train_samples_per_s"] >= 1.5 * base[r["model"]]["train_samples_per_s"]]
+    if wins:
+        return "Fast-path settings at least 1.5x faster than fp32 in training: " + "; ".join(wins) + "."
+    return ("No fast-path setting reaches 1.5x the fp32 training throughput on this machine, so the methods train "
+            "in fp32 here (`common.device.autocast_dtype` enables bf16 only on CPUs with native bf16).")
+
+
+def main(sections: str = ",".join(SECTIONS), repeats: int = 3, volumes: int = 16, models: str = "",
+         bf16_repeats: int = 1, data_root: str | None = None, results_dir: str = "results",
+         out: str = "results/BENCHMARKS.md") -> str:
+    """Run the benchmark sections and write ``out`` (Markdown) and the raw numbers beside it (.json).
+
+    Args:
+        sections: comma-separated subset of preprocess, loading, models, mainjob.
+        repeats: timed repetitions per measurement (median reported).
+        volumes: IXI-HH subjects used by the preprocess and loading sections.
+        models: comma-separated subset of resnet3d, oasis_resblock, tsan_stage1, midslice_resnet18,
+            alz_altzcnn (default: all).
+        bf16_repeats: timed repetitions of bf16 on CPUs without native bf16 (it is emulated and slow;
+            0 skips it).
+    """
+    from common.runlog import git_commit
+
+    chosen = [s.strip() for s in (sections.split(",") if isinstance(sections, str) else sections) if s.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    configure_cpu_threads()
+    report: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit()[:12], "repeats": repeats}
+    if "preprocess" in chosen:
+        report["preprocess"] = bench_preprocess(volumes, repeats, data_root)
+        print(f"[bench] preprocess: {report['preprocess']['ratio']:.0f}x cached vs cold", flush=True)
+    if "loading" in chosen:
+        report["loading"] = bench_loading(volumes, repeats, data_root)
+        print(f"[bench] loading: {report['loading']['ratio']:.1f}x cached vs naive epoch", flush=True)
+    if "models" in chosen:
+        names = tuple(m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()) \
+            or tuple(_model_specs())
+        report["models"] = bench_models(repeats, names, bf16_repeats)
+        report["fast_path_verdict"] = _verdict(report["models"])
+    if "mainjob" in chosen:
+        report["mainjob"] = bench_mainjob(results_dir)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out_path, _md(report))
+    write_json(out_path.with_suffix(".json"), report)
+    print(f"[bench] wrote {out_path}")
+    return str(out_path)
+
+
+CLI = main
+
+if __name__ == "__main__":
+    fire.Fire(main)

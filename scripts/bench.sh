@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Speed benchmark (set-up included): cached vs naive loading, fp32 vs fast path, main-job wall time.
+# Writes results/BENCHMARKS.md and results/BENCHMARKS.json. Run it with nothing else on the machine.
+#   bash scripts/bench.sh
+#   bash scripts/bench.sh --sections=models --models=resnet3d --repeats=5
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/setup_env.sh
+for a in "$@"; do [[ "$a" == "--help" || "$a" == "-h" ]] && exec python scripts/bench.py -- --help; done
+exec python scripts/bench.py "$@"

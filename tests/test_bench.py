@@ -1,0 +1,45 @@
+"""scripts/bench.py: what it measures and writes (never how fast anything is)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts import bench
+
+
+def test_mainjob_minutes_counts_one_process_once():
+    rows = [
+        {"method": "vgg16_svr", "dataset": "ixi_hh", "result": "vgg16_svr_early__ixi_hh", "wall_time_s": 120.0},
+        {"method": "vgg16_svr", "dataset": "ixi_hh", "result": "vgg16_svr_late__ixi_hh", "wall_time_s": 121.0},
+        {"method": "alz_cnn", "dataset": "alzheimer4", "result": "alz_a__alzheimer4", "wall_time_s": 60.0},
+        {"method": "alz_cnn", "dataset": "alzheimer4", "result": "alz_b__alzheimer4", "wall_time_s": 30.0},
+    ]
+    minutes = bench.mainjob_minutes(rows)
+    assert minutes["vgg16_svr"] == pytest.approx(121.0 / 60), "early and late fusion come from one process"
+    assert minutes["alz_cnn"] == pytest.approx(1.5), "separate processes add up"
+
+
+def test_verdict_reports_only_real_speed_ups():
+    rows = [{"model": "m", "mode": "fp32", "train_samples_per_s": 10.0},
+            {"model": "m", "mode": "channels_last", "train_samples_per_s": 14.0}]
+    assert bench._verdict(rows).startswith("No fast-path setting")
+    rows[1]["train_samples_per_s"] = 16.0
+    assert "m channels_last 1.60x" in bench._verdict(rows)
+
+
+def test_models_section_writes_rows(tmp_path):
+    out = tmp_path / "B.md"
+    bench.main(sections="models", models="oasis_resblock", repeats=1, bf16_repeats=0, out=str(out))
+    report = json.loads(out.with_suffix(".json").read_text())
+    modes = [r["mode"] for r in report["models"]]
+    # bf16_repeats=0 skips the emulated bf16 of CPUs without native bf16; with native bf16 it is measured
+    assert modes == ["fp32", "channels_last"] + (["bf16"] if report["machine"]["native_bf16"] else [])
+    assert all(r["train_samples_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in report["models"])
+    assert "| oasis_resblock | 1x32x32x32 x 8 | fp32 |" in out.read_text()
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown sections"):
+        bench.main(sections="speed", out=str(tmp_path / "B.md"))
