@@ -133,9 +133,10 @@ def apply_exclusion(frame: pd.DataFrame, rule: RowExclusion | None, exclusions, 
 
 
 def volume_loader(frame: pd.DataFrame, batch_size: int, train: bool, seed: int, augment: Callable | None = None,
-                  ) -> DataLoader:
-    """DataLoader over cached volumes: shuffled with a seeded generator and ``drop_last`` for training."""
-    ds = VolumeDataset(frame, augment=augment(seed) if (train and augment is not None) else None)
+                  columns: tuple[str, ...] = ()) -> DataLoader:
+    """DataLoader over cached volumes: shuffled with a seeded generator and ``drop_last`` for training;
+    ``columns``: further frame columns in each batch (:class:`common.data.datasets.VolumeDataset`)."""
+    ds = VolumeDataset(frame, augment=augment(seed) if (train and augment is not None) else None, columns=columns)
     return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
                       num_workers=0, generator=torch.Generator().manual_seed(seed))
 
@@ -145,11 +146,14 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
                     runs_dir: str, results_dir: str, cache_dir: str, data_root: str | None,
                     max_per_split: int | None, resume: bool, selection: Selection = VAL_MAE,
                     early_stopping_patience: int | None = None, exclude: RowExclusion | None = None,
+                    annotate: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
                     ) -> tuple[Path, pd.DataFrame, dict, float]:
     """Shared training run of a 3D brain-age regressor on the shared split of ``dataset``.
 
     ``hp`` must hold ``epochs``, ``batch_size``, ``grad_clip``, ``amp`` and ``precise_bn``; every
     entry is recorded in ``config.json``. ``exclude`` removes rows the method cannot use (logged).
+    ``annotate(frame)`` may add columns or move rows out of the ``train`` split after preprocessing
+    (TSAN's out-of-fold stage 2); batches carry every column named in the model's ``extra_inputs``.
     ``build(train_frame)`` returns the method's model,
     optimizer, scheduler, loss and augmentation (it may use training-split statistics only).
 
@@ -173,6 +177,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
     frame = apply_exclusion(frame, exclude, exclusions, method)
     frame = prepare_volumes(frame, spec, cache_dir, exclusions)
+    if annotate is not None:
+        frame = annotate(frame)
     run_dir.mkdir(parents=True, exist_ok=True)
     exclusions.write(run_dir / "exclusions.csv")
     train_frame, val_frame = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
@@ -190,12 +196,16 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     train_mean = float(train_frame["age"].mean())
     meta = {"method": method, "preprocess": spec.to_dict(), "train_mean_age": train_mean, "dataset": dataset,
             "commit": git_commit(), **setup.checkpoint_meta}
+    columns = tuple(k for k in getattr(setup.model, "extra_inputs", ())
+                    if k in frame.columns and k not in VolumeDataset.ITEM_KEYS)
     fit = fit_model(
         setup.model, setup.optimizer, setup.scheduler, setup.loss_fn,
-        volume_loader(train_frame, hp["batch_size"], True, seed, setup.augment), volume_loader(val_frame, 8, False, seed),
+        volume_loader(train_frame, hp["batch_size"], True, seed, setup.augment, columns),
+        volume_loader(val_frame, 8, False, seed, columns=columns),
         dev, FitConfig(epochs=hp["epochs"], grad_clip=hp["grad_clip"], amp_dtype=amp_dtype, seed=seed,
                        precise_bn=hp["precise_bn"], early_stopping_patience=early_stopping_patience),
-        run_dir, logger, meta, resume=resume, bn_loader=volume_loader(train_frame, 8, False, seed), selection=selection)
+        run_dir, logger, meta, resume=resume, bn_loader=volume_loader(train_frame, 8, False, seed, columns=columns),
+        selection=selection)
     logger.close()
     training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{method} on {dataset} ({profile})",
                     metric=selection.name)

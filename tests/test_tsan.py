@@ -188,6 +188,15 @@ def test_two_stages_end_to_end(tmp_path):
     assert (tmp_path / "runs" / "tsan_stage2" / "study" / "s2" / "residuals_test.png").exists()
     tsan.train_second_stage(first_stage=run1, variant="normalized_d", epochs=1, batch_size=4, run_name="v", **dirs)
     assert (tmp_path / "results" / "tsan_stage2_normd__study.json").exists()
+    run3 = tsan.train_second_stage(first_stage=run1, variant="out_of_fold", epochs=1, batch_size=4, run_name="o", **dirs)
+    oof = pd.read_csv(f"{run3}/out_of_fold_stage1.csv")
+    config = json.loads((tmp_path / "runs" / "tsan_stage2_oof" / "study" / "o" / "config.json").read_text())
+    n_train = config["n_images"]["train"]
+    assert len(oof) == n_train and oof["participant_id"].is_unique and sorted(oof["fold"].unique()) == [0, 1]
+    for k in (0, 1):  # each fold model trained without the subjects it predicts
+        fold_cfg = json.loads((tmp_path / "runs" / "tsan_stage1_fold" / "study" / f"o-fold{k}" / "config.json").read_text())
+        assert fold_cfg["n_images"]["train"] == n_train - (oof["fold"] == k).sum()
+    assert json.loads((tmp_path / "results" / "tsan_stage2_oof__study.json").read_text())["metrics"]["stage2_analysis"]
     with pytest.raises(ValueError, match="variant"):
         tsan.train_second_stage(first_stage=run1, variant="other", **dirs)
 
@@ -208,3 +217,28 @@ def test_fast_stem_gradient_matches_conv3d():
     (grad_fast,) = torch.autograd.grad(fast(xr).sum(), xr)
     (grad_ref,) = torch.autograd.grad(ref(xr).sum(), xr)
     assert torch.allclose(grad_fast, grad_ref, atol=1e-5), "input gradients too, when asked for"
+
+
+def test_second_stage_takes_a_given_stage1_age():
+    import pandas as pd
+
+    from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense
+    from tsan.train import attach_stage1_age
+
+    torch.manual_seed(0)
+    model = SecondStage(FirstStage(ScaleDense(2, 2, use_sex=True)), SecondStageScaleDense(2, 2), 5.0,
+                        given_stage1_age=True).eval()
+    assert model.extra_inputs == ("sex", "stage1_age")
+    x, sex = torch.randn(2, 1, 20, 20, 20), torch.tensor([0, 1])
+    with torch.no_grad():
+        d_given, _ = model.components(x, sex, torch.tensor([41.0, 77.6]))
+        d_mixed, _ = model.components(x, sex, torch.tensor([41.0, float("nan")]))
+        d_own, _ = model.components(x, sex)
+    assert d_given.tolist() == [40.0, 80.0]
+    assert d_mixed[0] == 40.0 and d_mixed[1] == d_own[1], "NaN: the frozen stage 1 decides"
+    frame = pd.DataFrame({"participant_id": ["a", "b", "c"], "session_id": "", "split": ["train", "train", "test"]})
+    oof = pd.DataFrame({"participant_id": ["a", "b"], "session_id": "", "stage1_age": [30.0, 50.0]})
+    assert attach_stage1_age(oof, frame)["stage1_age"].iloc[:2].tolist() == [30.0, 50.0]
+    assert attach_stage1_age(oof, frame)["stage1_age"].isna().iloc[2]
+    with pytest.raises(ValueError, match="no out-of-fold"):
+        attach_stage1_age(oof.iloc[:1], frame)

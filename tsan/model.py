@@ -265,30 +265,43 @@ class SecondStage(nn.Module):
     """Stage 2 as the training loop calls it: the frozen stage 1 gives ``d`` (discretised), the
     second network the residual ``r``; returns ``d + r``. :meth:`components` gives ``(d, r)``.
 
-    Shapes: ``x`` (B, 1, 91, 109, 91), ``sex`` (B,) -> (B,) years.
+    Args:
+        given_stage1_age: the model also takes a ``stage1_age`` batch entry (years; NaN = compute it
+            with ``first``), used by the ``out_of_fold`` variant to train on out-of-fold stage-1 ages.
+
+    Shapes: ``x`` (B, 1, 91, 109, 91), ``sex`` (B,), optional ``stage1_age`` (B,) -> (B,) years.
     """
 
-    extra_inputs = ("sex",)
+    extra_inputs: tuple[str, ...] = ("sex",)
 
-    def __init__(self, first: FirstStage, net: SecondStageScaleDense, dis_range: float = 5.0):
+    def __init__(self, first: FirstStage, net: SecondStageScaleDense, dis_range: float = 5.0,
+                 given_stage1_age: bool = False):
         super().__init__()
         self.first = first.requires_grad_(False).eval()
         self.net, self.dis_range = net, dis_range
+        if given_stage1_age:
+            self.extra_inputs = ("sex", "stage1_age")
 
     def train(self, mode: bool = True) -> SecondStage:
         super().train(mode)
         self.first.eval()  # stage 1 stays frozen, BatchNorm statistics included
         return self
 
-    def components(self, x: torch.Tensor, sex: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(d, r)``: the discretised stage-1 age and the predicted residual, each (B,) years."""
+    def components(self, x: torch.Tensor, sex: torch.Tensor, stage1_age: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d, r)``: the discretised stage-1 age and the predicted residual, each (B,) years.
+        ``stage1_age`` (B,) replaces the frozen stage 1's output where it is not NaN."""
         with torch.no_grad():
-            d = discretize_age(self.first(x, sex), self.dis_range)
+            if stage1_age is None or torch.isnan(stage1_age).any():
+                computed = self.first(x, sex)
+                stage1_age = computed if stage1_age is None else torch.where(torch.isnan(stage1_age), computed,
+                                                                             stage1_age.to(computed.dtype))
+            d = discretize_age(stage1_age.reshape(-1), self.dis_range)
         if self.first.downsample > 1:
             x = nn.functional.avg_pool3d(x, self.first.downsample, ceil_mode=True)
         residual, _ = self.net(x, sex_one_hot(_is_male(sex)), d[:, None])
         return d, residual.reshape(-1)
 
-    def forward(self, x: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
-        d, residual = self.components(x, sex)
+    def forward(self, x: torch.Tensor, sex: torch.Tensor, stage1_age: torch.Tensor | None = None) -> torch.Tensor:
+        d, residual = self.components(x, sex, stage1_age)
         return d + residual

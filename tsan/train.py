@@ -14,9 +14,11 @@ in tsan/README.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import fire
@@ -27,7 +29,7 @@ import torch
 from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
-from common.experiment import resolve_profile
+from common.experiment import default_run_name, resolve_profile
 from common.io import write_csv
 from common.training import load_checkpoint
 from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense, discretize_age, init_weights
@@ -39,7 +41,11 @@ SOURCE = 'Liu et al. MICCAI 2020 / Cheng et al. IEEE TMI 2021; public code "TSAN
 SOURCE_REPORTED = {"dataset": "6,586 healthy T1 scans (pooled public datasets)", "mae": 2.428, "pearson_r": 0.985}
 STAGE1, STAGE2 = "tsan_stage1", "tsan_stage2"
 #: Stage-2 variants: the faithful default and the non-default fix of the collapse study (README).
-VARIANTS = {"faithful": STAGE2, "normalized_d": "tsan_stage2_normd"}
+VARIANTS = {"faithful": STAGE2, "normalized_d": "tsan_stage2_normd", "out_of_fold": "tsan_stage2_oof"}
+#: Run folder of the stage-1 models of the ``out_of_fold`` variant (not published).
+STAGE1_FOLD = "tsan_stage1_fold"
+#: Split label of the training subjects a fold model does not see.
+HELD_OUT = "oof_held_out"
 
 _SOURCE_SORTER = dict(sorter_hidden=512, sorter_steps=562_400, sorter_lr_step=98_420, sorter_batch=256)
 #: ``paper``: the public code's settings (SoDeep's sorter recipe: 400 epochs of 1,406 batches, lr
@@ -50,10 +56,10 @@ PROFILES = {
     "paper": dict(registration="ants_syn_mni", use_dataset_mask=True, downsample=1, nb_filter=8, nb_block=5,
                   batch_size=32, stage2_batch_size=8, epochs=150, stage2_epochs=150, lr=1e-3, stage2_lr=1e-5,
                   weight_decay=5e-4, lbd=10.0, beta=1.0, dis_range=5.0, lr_patience=5, lr_factor=0.5,
-                  early_stopping=20, grad_clip=None, amp=False, precise_bn=False, **_SOURCE_SORTER),
+                  early_stopping=20, grad_clip=None, amp=False, precise_bn=False, oof_folds=5, **_SOURCE_SORTER),
 }
 PROFILES["cpu"] = dict(PROFILES["paper"], registration="ants_affine_mni", downsample=2, nb_filter=4, batch_size=8,
-                       epochs=12, stage2_epochs=6, sorter_hidden=128, sorter_steps=600, sorter_lr_step=300,
+                       epochs=12, stage2_epochs=6, oof_folds=2, sorter_hidden=128, sorter_steps=600, sorter_lr_step=300,
                        sorter_batch=128)
 
 #: Subjects without a recorded sex cannot be fed to TSAN (sex is an input).
@@ -123,6 +129,22 @@ def _model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     return SecondStage(_stage1_from_args(args["stage1"]), net, args["dis_range"])
 
 
+def _stage1_build(hp: dict, cache_dir: str) -> Callable[[pd.DataFrame], RegressorSetup]:
+    """Stage 1's model, Adam (amsgrad), ReduceLROnPlateau and loss for :func:`train_brain_age`."""
+    loss, sorter_report = _loss(hp, hp["batch_size"], cache_dir, 0)
+
+    def build(train_frame: pd.DataFrame) -> RegressorSetup:
+        args = {"nb_filter": hp["nb_filter"], "nb_block": hp["nb_block"], "downsample": hp["downsample"]}
+        model = _stage1_from_args(args)
+        model.apply(init_weights)
+        optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=True)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
+        return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=None,
+                              checkpoint_meta={"model_args": args, "sorter": sorter_report})
+
+    return build
+
+
 def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | None = None,
                       epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                       lbd: float | None = None, nb_filter: int | None = None, nb_block: int | None = None,
@@ -160,19 +182,8 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
     hp = resolve_profile(PROFILES, profile, dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lbd=lbd, nb_filter=nb_filter, nb_block=nb_block, downsample=downsample,
         registration=registration, use_dataset_mask=use_dataset_mask))
-    loss, sorter_report = _loss(hp, hp["batch_size"], cache_dir, 0)
-
-    def build(train_frame: pd.DataFrame) -> RegressorSetup:
-        args = {"nb_filter": hp["nb_filter"], "nb_block": hp["nb_block"], "downsample": hp["downsample"]}
-        model = _stage1_from_args(args)
-        model.apply(init_weights)
-        optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=True)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
-        return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=None,
-                              checkpoint_meta={"model_args": args, "sorter": sorter_report})
-
     run_dir, frame, fit, t0 = train_brain_age(
-        method=STAGE1, dataset=dataset, profile=profile, hp=hp, spec=_spec(hp), build=build,
+        method=STAGE1, dataset=dataset, profile=profile, hp=hp, spec=_spec(hp), build=_stage1_build(hp, cache_dir),
         seed=seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
         data_root=data_root, max_per_split=max_per_split, resume=resume, early_stopping_patience=hp["early_stopping"],
         exclude=UNKNOWN_SEX)
@@ -211,13 +222,15 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
 
     Args:
         first_stage: run folder of a finished stage-1 run (its ``best.pt``, dataset and preprocessing).
-        variant: ``faithful`` (the public code) or ``normalized_d`` (the ``d`` branch gets the
-            discretised age standardised with the training split's age mean and SD; see README).
+        variant: ``faithful`` (the public code), ``normalized_d`` (the ``d`` branch gets the
+            discretised age standardised with the training split's age mean and SD) or ``out_of_fold``
+            (stage 2 trains on stage-1 ages of models that did not see the subject,
+            :func:`out_of_fold_stage1_ages`); see README, "The stage-2 question".
         profile: ``paper`` or ``cpu``; must match the stage-1 run's preprocessing.
         data_root: data folder.
         epochs, batch_size, lr, lbd, dis_range: override the profile's stage-2 settings.
         seed, device, run_name, runs_dir, results_dir, cache_dir, max_per_split, resume: as stage 1.
-        publish: write ``results/tsan_stage2[_normd]__<dataset>.json``.
+        publish: write ``results/tsan_stage2[_normd|_oof]__<dataset>.json``.
 
     Returns:
         The run folder.
@@ -249,7 +262,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
         net = SecondStageScaleDense(hp["nb_filter"], hp["nb_block"], True, args["normalize_discrete_age"],
                                     args["age_mean"], args["age_std"])
         net.apply(init_weights)
-        model = SecondStage(first, net, hp["dis_range"])
+        model = SecondStage(first, net, hp["dis_range"], given_stage1_age=variant == "out_of_fold")
         optimizer = torch.optim.SGD(net.parameters(), lr=hp["stage2_lr"], weight_decay=hp["weight_decay"])
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
         return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=None,
@@ -258,13 +271,111 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
 
     stage2_hp = {**hp, "epochs": hp["stage2_epochs"], "batch_size": hp["stage2_batch_size"], "first_stage": str(first_dir),
                  "variant": variant}
+    annotate = None
+    if variant == "out_of_fold":
+        t_oof = time.time()
+        run_name = run_name or default_run_name(profile)
+        oof = out_of_fold_stage1_ages(first_cfg, hp["oof_folds"], device, runs_dir, results_dir, cache_dir,
+                                      data_root, max_per_split,
+                                      Path(runs_dir) / method / first_cfg["dataset"] / run_name / "out_of_fold_stage1.csv")
+        annotate = functools.partial(attach_stage1_age, oof)
+        stage2_hp["out_of_fold_seconds"] = round(time.time() - t_oof, 1)
     run_dir, frame, fit, t0 = train_brain_age(
         method=method, dataset=first_cfg["dataset"], profile=profile, hp=stage2_hp, spec=_spec(hp), build=build,
         seed=seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
         data_root=data_root, max_per_split=max_per_split, resume=resume, early_stopping_patience=hp["early_stopping"],
-        exclude=UNKNOWN_SEX)
+        exclude=UNKNOWN_SEX, annotate=annotate)
+    if annotate is not None:
+        t0 -= stage2_hp["out_of_fold_seconds"]  # the fold models are part of this variant's wall time
     _evaluate(str(run_dir), method, publish, device, frame, t0, fit)
     return str(run_dir)
+
+
+def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: str, results_dir: str, cache_dir: str,
+                            data_root: str | None, max_per_split: int | None, out_csv: Path) -> pd.DataFrame:
+    """Stage-1 ages of the training subjects predicted by models that did not train on them.
+
+    The ``out_of_fold`` variant's fix of the stage-2 collapse (README, "The stage-2 question"): the
+    training subjects are split into ``folds`` subject-level folds; for each fold a stage-1 model with
+    the settings of the first-stage run (``first_cfg``) is trained on the other folds (same validation
+    split for checkpoint selection; run folder ``runs/tsan_stage1_fold/<dataset>/<run>-fold<k>``) and
+    predicts the held-out fold. Stage 2 then learns residuals of the size it meets at test time
+    instead of the in-sample residuals of a stage 1 that has fitted its own training subjects.
+    Cached in ``out_csv`` (a rerun with the same run name reuses it).
+
+    Returns:
+        ``participant_id, session_id, stage1_age, fold``, one row per training scan.
+
+    Raises:
+        ValueError: fewer than 2 folds, or fewer training subjects than folds.
+    """
+    from sklearn.model_selection import KFold
+
+    from common.brain_age import apply_exclusion, volume_loader
+    from common.device import select_device
+    from common.experiment import labelled_split_frame
+    from common.training import predict
+
+    if out_csv.exists():
+        log.info("out-of-fold stage-1 ages from %s", out_csv)
+        return pd.read_csv(out_csv, dtype={"session_id": str, "participant_id": str}).fillna({"session_id": ""})
+    if folds < 2:
+        raise ValueError(f"out_of_fold needs at least 2 folds, got {folds}")
+    hp = {k: first_cfg[k] for k in PROFILES["paper"]}
+    dataset, root = first_cfg["dataset"], data_root or first_cfg["data_root"]
+    frame, exclusions = labelled_split_frame(dataset, root, results_dir, max_per_split)
+    frame = apply_exclusion(frame, UNKNOWN_SEX, exclusions, STAGE1_FOLD)
+    ids = np.array(sorted(frame.loc[frame["split"] == "train", "participant_id"].unique()))
+    if len(ids) < folds:
+        raise ValueError(f"{len(ids)} training subjects cannot make {folds} folds")
+    parts = []
+    for k, (_, held) in enumerate(KFold(folds, shuffle=True, random_state=first_cfg["seed"]).split(ids)):
+        held_ids = set(ids[held])
+
+        def annotate(f: pd.DataFrame, held_ids=held_ids) -> pd.DataFrame:
+            f = f.copy()
+            f.loc[(f["split"] == "train") & f["participant_id"].isin(held_ids), "split"] = HELD_OUT
+            return f
+
+        fold_name = f"{out_csv.parent.name}-fold{k}"
+        fold_dir = Path(runs_dir) / STAGE1_FOLD / dataset / fold_name
+        log.info("out-of-fold stage 1, fold %d of %d: %d training subjects held out", k + 1, folds, len(held_ids))
+        fold_dir, fold_frame, _, _ = train_brain_age(
+            method=STAGE1_FOLD, dataset=dataset, profile=first_cfg["profile"], hp=hp, spec=_spec(hp),
+            build=_stage1_build(hp, cache_dir), seed=first_cfg["seed"], device=device, run_name=fold_name,
+            runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir, data_root=root,
+            max_per_split=max_per_split, resume=(fold_dir / "last.pt").exists(),
+            early_stopping_patience=hp["early_stopping"], exclude=UNKNOWN_SEX, annotate=annotate)
+        held_frame = fold_frame[fold_frame["split"] == HELD_OUT].reset_index(drop=True)
+        ckpt = load_checkpoint(fold_dir / "best.pt", STAGE1_FOLD)
+        dev = select_device(device)
+        model = _model_from_checkpoint(ckpt).to(dev)
+        model.load_state_dict(ckpt["model_state"])
+        idx, _, pred = predict(model, volume_loader(held_frame, 8, False, 0), dev)
+        ages = np.empty(len(held_frame))
+        ages[idx] = pred
+        parts.append(pd.DataFrame({"participant_id": held_frame["participant_id"], "session_id": held_frame["session_id"],
+                                   "stage1_age": ages, "fold": k}))
+    table = pd.concat(parts, ignore_index=True)
+    write_csv(out_csv, table)
+    return table
+
+
+def attach_stage1_age(oof: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``stage1_age`` column: the out-of-fold stage-1 age for training rows, NaN for
+    the others (stage 2 then computes ``d`` with the full stage 1, as at test time).
+
+    Raises:
+        ValueError: a training row has no out-of-fold age (the table belongs to another split).
+    """
+    keys = ["participant_id", "session_id"]
+    out = frame.merge(oof[keys + ["stage1_age"]], on=keys, how="left", validate="m:1")
+    out.loc[out["split"] != "train", "stage1_age"] = np.nan
+    missing = out[(out["split"] == "train") & out["stage1_age"].isna()]
+    if len(missing):
+        raise ValueError(f"{len(missing)} training scans have no out-of-fold stage-1 age, e.g. "
+                         f"{missing['participant_id'].iloc[0]}")
+    return out
 
 
 def source_metrics(predictions: pd.DataFrame) -> dict:
@@ -333,15 +444,19 @@ def _evaluate(run_dir: str, method: str, publish: bool, device: str, frame: pd.D
     if method != STAGE1:
         ckpt = load_checkpoint(Path(run_dir) / "best.pt", method)
         report["stage2_analysis"] = stage2_analysis(Path(run_dir), ckpt["first_stage_run"], cfg["dis_range"])
-        if cfg["variant"] != "faithful":
+        if cfg["variant"] == "normalized_d":
             notes.append("non-default variant normalized_d: the d branch takes the standardised discretised age")
+        elif cfg["variant"] == "out_of_fold":
+            notes.append(f"non-default variant out_of_fold: stage 2 trained on out-of-fold stage-1 ages "
+                         f"({cfg['oof_folds']} subject-level folds of the training split); test uses the full stage 1")
     if cfg["profile"] != "paper":
         notes.append(f"cpu profile: {cfg['registration']}, input pooled to {2 * cfg['downsample']} mm, nb_filter "
                      f"{cfg['nb_filter']}, batch {cfg['batch_size']}, at most {cfg['epochs']} epochs, sorter "
                      f"{cfg['sorter_hidden']} units x {cfg['sorter_steps']} steps")
     if publish:
         label = {STAGE1: "TSAN stage 1 (ScaleDense, MSE + ranking)", STAGE2: "TSAN stage 2 (residual on discretised age)",
-                 VARIANTS["normalized_d"]: "TSAN stage 2, normalized-d variant (not the paper's)"}[method]
+                 VARIANTS["normalized_d"]: "TSAN stage 2, normalized-d variant (not the paper's)",
+                 VARIANTS["out_of_fold"]: "TSAN stage 2, out-of-fold variant (not the paper's)"}[method]
         params = {k: cfg[k] for k in PROFILES["paper"] if k in cfg} | {"seed": cfg["seed"]}
         publish_trained_run(cfg, frame, report, model, run_dir, method=method, method_label=label, source=SOURCE,
                             source_reported=SOURCE_REPORTED, params=params, notes=notes, fit=fit, wall_start=t0,

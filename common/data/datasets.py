@@ -19,13 +19,26 @@ class VolumeDataset(Dataset):
         augment: optional callable on a (1, D, H, W) tensor (e.g. a MONAI ``Compose`` of random
             transforms); it should be seeded by the caller for reproducibility.
 
+        columns: further numeric columns of ``frame`` returned as float32 items under their own
+            names (NaN where missing), e.g. a per-subject input a model takes besides the image.
+
     Items: ``{"image": (1, D, H, W) float32, "target": float32 age in years (NaN if unknown),
-    "sex": int64 (0=M, 1=F, -1 unknown), "index": int64 row index}``.
+    "sex": int64 (0=M, 1=F, -1 unknown), "index": int64 row index}`` plus ``columns``.
+
+    Raises:
+        KeyError: a name in ``columns`` is not a column of ``frame``.
     """
 
-    def __init__(self, frame: pd.DataFrame, augment=None):
+    #: What every item holds; ``columns`` add to it.
+    ITEM_KEYS = ("image", "target", "sex", "index")
+
+    def __init__(self, frame: pd.DataFrame, augment=None, columns: tuple[str, ...] = ()):
+        missing = [c for c in columns if c not in frame.columns or c in self.ITEM_KEYS]
+        if missing:
+            raise KeyError(f"columns {missing} not in the frame, or names of standard item keys {self.ITEM_KEYS}")
         self.frame = frame.reset_index(drop=True)
         self.augment = augment
+        self.columns = tuple(columns)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -46,4 +59,5 @@ class VolumeDataset(Dataset):
             "target": torch.tensor(float(row["age"]), dtype=torch.float32),
             "sex": torch.tensor(SEX_CODES.get(row.get("sex", ""), -1), dtype=torch.int64),
             "index": torch.tensor(i, dtype=torch.int64),
+            **{c: torch.tensor(float(row[c]), dtype=torch.float32) for c in self.columns},
         }
