@@ -5,9 +5,10 @@
 #   bash scripts/reproduce.sh
 #   METHODS=resnet3d DATASETS=ixi_hh PROFILE=cpu bash scripts/reproduce.sh
 #
-# METHODS   space/comma-separated subset of: reference resnet3d oasis_resblock vgg16_svr midslice_classifier
-#           alz_cnn   (default: all; "reference" = mean-age predictor and ROI ridge); also tsan, not in
-#           the default set until its cpu profile has been measured on the real data (tsan/README.md)
+# METHODS   space/comma-separated subset of: reference resnet3d oasis_resblock vgg16_svr tsan
+#           midslice_classifier alz_cnn   (default: all; "reference" = mean-age predictor and ROI ridge;
+#           tsan runs stage 1 and the faithful stage 2; VARIANTS="faithful out_of_fold normalized_d"
+#           adds its stage-2 variants, see tsan/README.md)
 # DATASETS  space/comma-separated subset of: ixi_hh ds000228 alzheimer4   (default: all a method applies to)
 # PROFILE   paper | cpu   (default: paper with a CUDA GPU, else cpu)
 # DATA_ROOT data folder   (default: ../shared/data, else data/)
@@ -26,7 +27,7 @@ if [[ -z "${DATA_ROOT:-}" ]]; then
 fi
 export DATA_ROOT
 PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; print(default_profile())')}"
-ALL_METHODS="reference resnet3d oasis_resblock vgg16_svr midslice_classifier alz_cnn"
+ALL_METHODS="reference resnet3d oasis_resblock vgg16_svr tsan midslice_classifier alz_cnn"
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
@@ -45,7 +46,7 @@ declare -A SCRIPT=( [reference]="baselines/reference.sh" [resnet3d]="resnet3d/tr
                     [tsan]="tsan/train.sh" )
 failed=()
 for method in $METHODS; do
-  [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS tsan)" >&2; exit 2; }
+  [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS)" >&2; exit 2; }
   for dataset in $DATASETS; do
     [[ " ${APPLIES[$method]} " == *" $dataset "* ]] || continue
     log="$LOG_DIR/${method}__${dataset}.log"
