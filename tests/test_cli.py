@@ -22,7 +22,7 @@ CLIS = [
     ("alz_cnn.train", ["train"]), ("alz_cnn.train", ["test"]), ("alz_cnn.train", ["compare"]),
     ("alz_cnn.train", ["summarize"]),
     ("tsan.train", ["pretrain_sorter"]), ("tsan.train", ["train_first_stage"]), ("tsan.train", ["train_second_stage"]),
-    ("tsan.train", ["test_first_stage"]), ("tsan.train", ["test_second_stage"]),
+    ("tsan.train", ["test_first_stage"]), ("tsan.train", ["test_second_stage"]), ("tsan.train", ["analyse_second_stage"]),
 ]
 
 

@@ -183,6 +183,8 @@ def test_two_stages_end_to_end(tmp_path):
     doc2 = json.loads((tmp_path / "results" / "tsan_stage2__study.json").read_text())
     analysis = doc2["metrics"]["stage2_analysis"]
     assert analysis["n"] == doc2["metrics"]["raw"]["n"] and analysis["stage1_mae"] == pytest.approx(doc1["metrics"]["raw"]["mae"])
+    sources = analysis["residual_sources"]
+    assert sources["train"]["n"] == doc2["n_subjects"]["train"] and set(sources["test"]["branch_sd"]) == {"trunk", "sex", "d"}
     residuals = pd.read_csv(f"{run2}/residuals_test.csv")
     assert (residuals["d"] % 5 == 0).all()
     assert (tmp_path / "runs" / "tsan_stage2" / "study" / "s2" / "residuals_test.png").exists()

@@ -434,6 +434,69 @@ def stage2_analysis(run_dir: Path, first_stage_run: str, dis_range: float) -> di
             "stage2_mae": float((table["predicted_age"] - table["age"]).abs().mean())}
 
 
+def residual_sources(run_dir: str, device: str = "auto") -> dict:
+    """Where a stage-2 model's residual comes from, per split (train, val, test): the SD of the
+    residual it should predict (age - d), of the residual it predicts (r), within bins of d, their
+    correlation, and the SD of the part of r contributed by each input branch of the head (trunk,
+    sex, d; the head is two linear layers, so r splits exactly into these parts plus a constant).
+    Written to ``<run_dir>/residual_sources.json``; ``bash tsan/analyse_second_stage.sh RUN_DIR``.
+
+    Args:
+        run_dir: a finished stage-2 run folder.
+        device: compute device.
+
+    Returns:
+        ``{split: {"n", "target_sd", "r_sd", "r_within_bin_sd", "corr_r_target", "branch_sd": {...}}}``.
+    """
+    from common.brain_age import apply_exclusion, volume_loader
+    from common.data.preprocess import prepare_volumes
+    from common.device import select_device
+    from common.experiment import labelled_split_frame
+    from common.io import write_json
+
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    if "stage1" not in ckpt["model_args"]:
+        raise ValueError(f"{run_dir} is not a stage-2 run")
+    dev = select_device(device)
+    model = _model_from_checkpoint(ckpt).to(dev)
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    frame, exclusions = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"])
+    frame = apply_exclusion(frame, UNKNOWN_SEX, exclusions, cfg["method"])
+    frame = prepare_volumes(frame, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"], exclusions)
+    head = model.net.head_with_sex
+    weight = (head[1].weight @ head[0].weight).reshape(-1).detach()  # r = inputs @ weight + constant
+    branches = {"trunk": slice(0, 32), "sex": slice(32, 40), "d": slice(40, 56)}
+    inputs: list[torch.Tensor] = []
+    hook = head[0].register_forward_hook(lambda module, args, out: inputs.append(args[0].detach()))
+    d, r = [], []
+    with torch.no_grad():
+        for batch in volume_loader(frame, 8, False, 0):
+            dd, rr = model.components(batch["image"].to(dev), batch["sex"].to(dev))
+            d.append(dd.cpu())
+            r.append(rr.cpu())
+    hook.remove()
+    x = torch.cat(inputs).cpu()
+    table = frame[["split", "age"]].copy()
+    table["d"], table["r"] = torch.cat(d).numpy(), torch.cat(r).numpy()
+    table["target"] = table["age"] - table["d"]
+    for name, part in branches.items():
+        table[f"r_{name}"] = (x[:, part] @ weight[part].cpu()).numpy()
+    out = {}
+    for split in ("train", "val", "test"):
+        g = table[table["split"] == split]
+        if len(g) < 2:
+            continue
+        out[split] = {"n": len(g), "target_sd": float(g["target"].std()), "r_sd": float(g["r"].std()),
+                      "r_within_bin_sd": float(g.groupby("d")["r"].std().mean()),
+                      "corr_r_target": float(np.corrcoef(g["r"], g["target"])[0, 1]),
+                      "branch_sd": {name: float(g[f"r_{name}"].std()) for name in branches}}
+    write_json(run_dir / "residual_sources.json", out)
+    return out
+
+
 def _evaluate(run_dir: str, method: str, publish: bool, device: str, frame: pd.DataFrame | None = None,
               wall_start: float | None = None, fit: dict | None = None) -> dict:
     t0 = wall_start or time.time()
@@ -444,6 +507,7 @@ def _evaluate(run_dir: str, method: str, publish: bool, device: str, frame: pd.D
     if method != STAGE1:
         ckpt = load_checkpoint(Path(run_dir) / "best.pt", method)
         report["stage2_analysis"] = stage2_analysis(Path(run_dir), ckpt["first_stage_run"], cfg["dis_range"])
+        report["stage2_analysis"]["residual_sources"] = residual_sources(run_dir, device)
         if cfg["variant"] == "normalized_d":
             notes.append("non-default variant normalized_d: the d branch takes the standardised discretised age")
         elif cfg["variant"] == "out_of_fold":
@@ -491,7 +555,8 @@ def test_second_stage(run_dir: str, publish: bool = True, device: str = "auto") 
 
 #: The command-line interface (fire).
 CLI = {"pretrain_sorter": pretrain, "train_first_stage": train_first_stage, "train_second_stage": train_second_stage,
-       "test_first_stage": test_first_stage, "test_second_stage": test_second_stage}
+       "test_first_stage": test_first_stage, "test_second_stage": test_second_stage,
+       "analyse_second_stage": residual_sources}
 
 if __name__ == "__main__":
     fire.Fire(CLI)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Where a stage-2 run's residual comes from, per split (tsan/README.md, "The stage-2 question"):
+# writes <run_dir>/residual_sources.json.
+#   bash tsan/analyse_second_stage.sh runs/tsan_stage2/ixi_hh/<run_name>
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+for a in "$@"; do [[ "$a" == "--help" || "$a" == "-h" ]] && exec python -m tsan.train analyse_second_stage -- --help; done
+[[ $# -ge 1 ]] || { echo "usage: bash tsan/analyse_second_stage.sh RUN_DIR [--device=...]" >&2; exit 2; }
+exec python -m tsan.train analyse_second_stage "$@"
