@@ -321,7 +321,8 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
         return pd.read_csv(out_csv, dtype={"session_id": str, "participant_id": str}).fillna({"session_id": ""})
     if folds < 2:
         raise ValueError(f"out_of_fold needs at least 2 folds, got {folds}")
-    hp = {k: first_cfg[k] for k in PROFILES["paper"]}
+    # the stage-1 run's settings (a run recorded before a setting existed gets the profile's value)
+    hp = {**PROFILES[first_cfg["profile"]], **{k: first_cfg[k] for k in PROFILES["paper"] if k in first_cfg}}
     dataset, root = first_cfg["dataset"], data_root or first_cfg["data_root"]
     frame, exclusions = labelled_split_frame(dataset, root, results_dir, max_per_split)
     frame = apply_exclusion(frame, UNKNOWN_SEX, exclusions, STAGE1_FOLD)
