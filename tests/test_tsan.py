@@ -244,3 +244,30 @@ def test_second_stage_takes_a_given_stage1_age():
     assert attach_stage1_age(oof, frame)["stage1_age"].isna().iloc[2]
     with pytest.raises(ValueError, match="no out-of-fold"):
         attach_stage1_age(oof.iloc[:1], frame)
+
+
+def test_stage1_with_a_dead_output_is_retrained_with_the_next_seed(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tsan import train as tsan
+
+    calls, verdicts = [], iter([True, False])
+    frame = pd.DataFrame({"split": ["train", "val"]})
+
+    def fake_train(**kwargs):
+        calls.append((kwargs["run_name"], kwargs["seed"]))
+        return Path(tmp_path / kwargs["run_name"]), frame, {}, 100.0 + len(calls)
+
+    monkeypatch.setattr(tsan, "train_brain_age", fake_train)
+    monkeypatch.setattr(tsan, "_stage1_build", lambda hp, cache_dir: None)  # no sorter pretraining here
+    monkeypatch.setattr(tsan, "constant_output", lambda run_dir, rows, device: next(verdicts))
+    args = dict(method="m", dataset="d", profile="cpu", hp=tsan.PROFILES["cpu"], seed=42, device="cpu", run_name="r",
+                runs_dir="runs", results_dir="results", cache_dir=str(tmp_path), data_root=None, max_per_split=None,
+                resume=False)
+    run_dir, _, _, t0 = tsan.train_stage1_alive(**args)
+    assert calls == [("r", 42), ("r-seed43", 43)] and run_dir.name == "r-seed43" and t0 == 101.0
+    monkeypatch.setattr(tsan, "constant_output", lambda run_dir, rows, device: True)
+    with pytest.raises(RuntimeError, match="died"):
+        tsan.train_stage1_alive(**args)

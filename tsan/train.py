@@ -182,15 +182,62 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
     hp = resolve_profile(PROFILES, profile, dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lbd=lbd, nb_filter=nb_filter, nb_block=nb_block, downsample=downsample,
         registration=registration, use_dataset_mask=use_dataset_mask))
-    run_dir, frame, fit, t0 = train_brain_age(
-        method=STAGE1, dataset=dataset, profile=profile, hp=hp, spec=_spec(hp), build=_stage1_build(hp, cache_dir),
-        seed=seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
-        data_root=data_root, max_per_split=max_per_split, resume=resume, early_stopping_patience=hp["early_stopping"],
-        exclude=UNKNOWN_SEX)
+    if resume and not run_name:
+        raise ValueError("--resume needs --run_name of the run to continue")
+    run_dir, frame, fit, t0 = train_stage1_alive(
+        method=STAGE1, dataset=dataset, profile=profile, hp=hp, seed=seed, device=device,
+        run_name=run_name or default_run_name(profile), runs_dir=runs_dir, results_dir=results_dir,
+        cache_dir=cache_dir, data_root=data_root, max_per_split=max_per_split, resume=resume)
     if hp["registration"].startswith("ants"):
         write_registration_qc(frame, run_dir)
     _evaluate(str(run_dir), STAGE1, publish, device, frame, t0, fit)
     return str(run_dir)
+
+
+#: Seeds tried by :func:`train_stage1_alive` before giving up.
+STAGE1_ATTEMPTS = 3
+
+
+def constant_output(run_dir: Path, frame: pd.DataFrame, device: str) -> bool:
+    """True if the run's ``best.pt`` gives the same age for every row of ``frame`` (validation rows):
+    ScaleDense ends in a ReLU, and when its input goes negative for every subject early in training
+    the output is 0 for all of them and no gradient ever flows again (a dead output unit)."""
+    from common.brain_age import volume_loader
+    from common.device import select_device
+    from common.training import predict
+
+    ckpt = load_checkpoint(Path(run_dir) / "best.pt")
+    dev = select_device(device)
+    model = _model_from_checkpoint(ckpt).to(dev)
+    model.load_state_dict(ckpt["model_state"])
+    _, _, pred = predict(model, volume_loader(frame.reset_index(drop=True), 8, False, 0), dev)
+    return bool(np.ptp(pred) < 1e-6)
+
+
+def train_stage1_alive(*, method: str, dataset: str, profile: str, hp: dict, seed: int, device: str, run_name: str,
+                       runs_dir: str, results_dir: str, cache_dir: str, data_root: str | None,
+                       max_per_split: int | None, resume: bool, annotate=None) -> tuple[Path, pd.DataFrame, dict, float]:
+    """:func:`train_brain_age` for stage 1, retried with the next seed (run folder ``<run_name>-seed<s>``,
+    at most :data:`STAGE1_ATTEMPTS` seeds) when the trained network's output is dead
+    (:func:`constant_output` on the validation rows), with a warning; the wall time counts every attempt.
+
+    Raises:
+        RuntimeError: the output died with every seed.
+    """
+    t_first = None
+    for attempt in range(STAGE1_ATTEMPTS):
+        name = run_name if attempt == 0 else f"{run_name}-seed{seed + attempt}"
+        run_dir, frame, fit, t0 = train_brain_age(
+            method=method, dataset=dataset, profile=profile, hp=hp, spec=_spec(hp), build=_stage1_build(hp, cache_dir),
+            seed=seed + attempt, device=device, run_name=name, runs_dir=runs_dir, results_dir=results_dir,
+            cache_dir=cache_dir, data_root=data_root, max_per_split=max_per_split, resume=resume and attempt == 0,
+            early_stopping_patience=hp["early_stopping"], exclude=UNKNOWN_SEX, annotate=annotate)
+        t_first = t0 if t_first is None else t_first
+        if not constant_output(run_dir, frame[frame["split"] == "val"], device):
+            return run_dir, frame, fit, t_first
+        log.warning("stage 1 in %s predicts one constant age for every validation subject (dead ReLU output); "
+                    "retraining with seed %d", run_dir, seed + attempt + 1)
+    raise RuntimeError(f"stage 1 output died with seeds {seed}..{seed + STAGE1_ATTEMPTS - 1}; see {run_dir}")
 
 
 def write_registration_qc(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
@@ -341,12 +388,10 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
         fold_name = f"{out_csv.parent.name}-fold{k}"
         fold_dir = Path(runs_dir) / STAGE1_FOLD / dataset / fold_name
         log.info("out-of-fold stage 1, fold %d of %d: %d training subjects held out", k + 1, folds, len(held_ids))
-        fold_dir, fold_frame, _, _ = train_brain_age(
-            method=STAGE1_FOLD, dataset=dataset, profile=first_cfg["profile"], hp=hp, spec=_spec(hp),
-            build=_stage1_build(hp, cache_dir), seed=first_cfg["seed"], device=device, run_name=fold_name,
-            runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir, data_root=root,
-            max_per_split=max_per_split, resume=(fold_dir / "last.pt").exists(),
-            early_stopping_patience=hp["early_stopping"], exclude=UNKNOWN_SEX, annotate=annotate)
+        fold_dir, fold_frame, _, _ = train_stage1_alive(
+            method=STAGE1_FOLD, dataset=dataset, profile=first_cfg["profile"], hp=hp, seed=first_cfg["seed"],
+            device=device, run_name=fold_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
+            data_root=root, max_per_split=max_per_split, resume=(fold_dir / "last.pt").exists(), annotate=annotate)
         held_frame = fold_frame[fold_frame["split"] == HELD_OUT].reset_index(drop=True)
         ckpt = load_checkpoint(fold_dir / "best.pt", STAGE1_FOLD)
         dev = select_device(device)
@@ -356,7 +401,7 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
         ages = np.empty(len(held_frame))
         ages[idx] = pred
         parts.append(pd.DataFrame({"participant_id": held_frame["participant_id"], "session_id": held_frame["session_id"],
-                                   "stage1_age": ages, "fold": k}))
+                                   "stage1_age": ages, "fold": k, "fold_run": fold_dir.name}))
     table = pd.concat(parts, ignore_index=True)
     write_csv(out_csv, table)
     return table
