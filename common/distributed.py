@@ -189,13 +189,16 @@ def gather_batch(tensor: torch.Tensor) -> torch.Tensor:
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     """``DistributedDataParallel(model)`` (SyncBatchNorm on CUDA) under torchrun, else ``model``.
 
-    The wrapper keeps ``extra_inputs`` (the batch entries the model takes besides the image).
+    The wrapper keeps ``extra_inputs`` (the batch entries the model takes besides the image). A model
+    with trainable parameters that its forward pass does not use (TSAN keeps the source's unused head)
+    sets ``has_unused_parameters = True``, which DistributedDataParallel must be told.
     """
     if not is_distributed():
         return model
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=getattr(model, "has_unused_parameters", False))
     if hasattr(model, "extra_inputs"):
         ddp.extra_inputs = model.extra_inputs
     return ddp

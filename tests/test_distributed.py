@@ -28,8 +28,9 @@ def _free_port() -> int:
 
 
 def _run(cmd: list[str]) -> None:
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=repo)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -69,3 +70,29 @@ def test_shard_sampler_covers_every_index_once():
     shards = [list(distributed.ShardSampler(7, r, 3)) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(7))
     assert [len(s) for s in shards] == [3, 2, 2]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch build has no gloo backend")
+def test_tsan_stage1_cli_runs_under_torchrun(tmp_path):
+    """A real train CLI under torchrun: TSAN stage 1 (global-batch ranking loss, an unused head) on a
+    synthetic study with 2 gloo processes; rank 0 alone writes the run and tests it."""
+    from tests.conftest import write_study
+    from tsan import train as tsan
+    from tsan.ranking import pretrain_sorter
+
+    write_study(tmp_path, 24, shape=(24, 28, 24), sexes=["MF"[i % 2] for i in range(24)], age=lambda i: 20 + 3 * i)
+    cache = tmp_path / "cache"
+    pretrain_sorter(seq_len=4, steps=5, batch_size=8, hidden=8, n_val=16,
+                    out_path=tsan.sorter_path(4, tsan.PROFILES["cpu"], str(cache)))
+    _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "tsan.train", "train_first_stage",
+          "--dataset=study", "--profile=cpu", "--epochs=2", "--batch_size=4", "--nb_filter=2", "--nb_block=2",
+          "--downsample=4", "--registration=monai", "--use_dataset_mask=False", "--run_name=ddp",
+          f"--data_root={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
+          f"--cache_dir={cache}"])
+    run = tmp_path / "runs" / "tsan_stage1" / "study" / "ddp"
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert len(pd.read_csv(run / "metrics.csv")) == 2, "one metrics row per epoch, written once"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1, "one TensorBoard writer (rank 0)"
+    assert (tmp_path / "results" / "tsan_stage1__study.json").exists()

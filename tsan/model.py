@@ -250,6 +250,8 @@ class FirstStage(nn.Module):
     """
 
     extra_inputs = ("sex",)
+    #: the source's unused no-sex head stays in the model (DistributedDataParallel must know).
+    has_unused_parameters = True
 
     def __init__(self, net: ScaleDense, downsample: int = 1):
         super().__init__()
@@ -273,6 +275,7 @@ class SecondStage(nn.Module):
     """
 
     extra_inputs: tuple[str, ...] = ("sex",)
+    has_unused_parameters = True
 
     def __init__(self, first: FirstStage, net: SecondStageScaleDense, dis_range: float = 5.0,
                  given_stage1_age: bool = False):
