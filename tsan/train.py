@@ -485,6 +485,7 @@ def residual_sources(run_dir: str, device: str = "auto") -> dict:
     residual it should predict (age - d), of the residual it predicts (r), within bins of d, their
     correlation, and the SD of the part of r contributed by each input branch of the head (trunk,
     sex, d; the head is two linear layers, so r splits exactly into these parts plus a constant).
+    For an ``out_of_fold`` run the training rows use the out-of-fold ``d`` it was trained with.
     Written to ``<run_dir>/residual_sources.json``; ``bash tsan/analyse_second_stage.sh RUN_DIR``.
 
     Args:
@@ -512,15 +513,21 @@ def residual_sources(run_dir: str, device: str = "auto") -> dict:
     frame, exclusions = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"])
     frame = apply_exclusion(frame, UNKNOWN_SEX, exclusions, cfg["method"])
     frame = prepare_volumes(frame, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"], exclusions)
+    oof_csv = run_dir / "out_of_fold_stage1.csv"
+    if oof_csv.exists():  # out_of_fold: the training rows' d is the one stage 2 trained with
+        oof = pd.read_csv(oof_csv, dtype={"session_id": str, "participant_id": str}).fillna({"session_id": ""})
+        frame = attach_stage1_age(oof, frame)
     head = model.net.head_with_sex
     weight = (head[1].weight @ head[0].weight).reshape(-1).detach()  # r = inputs @ weight + constant
     branches = {"trunk": slice(0, 32), "sex": slice(32, 40), "d": slice(40, 56)}
     inputs: list[torch.Tensor] = []
     hook = head[0].register_forward_hook(lambda module, args, out: inputs.append(args[0].detach()))
     d, r = [], []
+    columns = ("stage1_age",) if "stage1_age" in frame.columns else ()
     with torch.no_grad():
-        for batch in volume_loader(frame, 8, False, 0):
-            dd, rr = model.components(batch["image"].to(dev), batch["sex"].to(dev))
+        for batch in volume_loader(frame, 8, False, 0, columns=columns):
+            given = batch["stage1_age"].to(dev) if columns else None
+            dd, rr = model.components(batch["image"].to(dev), batch["sex"].to(dev), given)
             d.append(dd.cpu())
             r.append(rr.cpu())
     hook.remove()
