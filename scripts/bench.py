@@ -254,7 +254,7 @@ def bench_models(repeats: int, models: tuple[str, ...], bf16_repeats: int) -> li
 MAINJOB_METHODS = {
     "reference": ("mean_age__", "roi_ridge__"), "resnet3d": ("resnet3d__",), "oasis_resblock": ("oasis_resblock__",),
     "vgg16_svr": ("vgg16_svr_",), "midslice_classifier": ("midslice_resnet18__",), "alz_cnn": ("alz_",),
-    "tsan": ("tsan_",),
+    "tsan": ("tsan_stage1__", "tsan_stage2__"),  # the non-default stage-2 variants are not in the main job
 }
 
 
