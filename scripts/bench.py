@@ -13,7 +13,9 @@ Sections (all measured in this run, on this machine, with nothing asserted about
   cached path, same model, same batches.
 - ``models``: for each deep method at its ``cpu`` profile's input size and batch: training and
   inference samples/s and the peak resident memory of a fresh process, in fp32, with
-  channels_last(_3d) and with bf16 autocast (emulated, hence not used, on CPUs without native bf16).
+  channels_last(_3d) and with bf16 autocast (on CPUs without native bf16 it is emulated and very
+  slow, so it is skipped unless ``--bf16_repeats`` asks for it). A measuring process that fails
+  gives a "failed" row, not a hang.
 - ``mainjob``: wall time of each method in the main job (``wall_time_s`` of the committed result
   files, i.e. the runs that produced the leaderboard).
 
@@ -33,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from queue import Empty
 
 import fire
 import torch
@@ -242,8 +245,17 @@ def bench_models(repeats: int, models: tuple[str, ...], bf16_repeats: int) -> li
                 continue
             proc = ctx.Process(target=_measure_model, args=(name, mode, n, queue))
             proc.start()
-            row = queue.get()
+            row = None
+            while row is None and (proc.is_alive() or not queue.empty()):
+                try:
+                    row = queue.get(timeout=5)
+                except Empty:
+                    pass
             proc.join()
+            if row is None:  # the measuring process failed: its traceback is above; the row says so
+                print(f"[bench] {name} {mode}: FAILED (exit code {proc.exitcode})", flush=True)
+                rows.append({"model": name, "mode": mode, "error": f"measuring process exited with {proc.exitcode}"})
+                continue
             print(f"[bench] {name} {mode}: train {row['train_samples_per_s']:.2f} samples/s, "
                   f"inference {row['infer_samples_per_s']:.2f} samples/s, peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
             rows.append(row)
@@ -319,8 +331,11 @@ def _md(report: dict) -> str:
                 "resident memory of that process, including Python and torch).", "",
                 "| model | input x batch | mode | train samples/s | vs fp32 | inference samples/s | vs fp32 | peak RSS (MB) |",
                 "|---|---|---|---|---|---|---|---|"]
-        base = {r["model"]: r for r in report["models"] if r["mode"] == "fp32"}
+        base = {r["model"]: r for r in report["models"] if r["mode"] == "fp32" and "error" not in r}
         for r in report["models"]:
+            if "error" in r:
+                out.append(f"| {r['model']} | | {r['mode']} | failed: {r['error']} | | | | |")
+                continue
             b = base.get(r["model"], r)
             out.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} x {r['batch']} | {r['mode']} | "
                        f"{r['train_samples_per_s']:.2f} | {r['train_samples_per_s'] / b['train_samples_per_s']:.2f}x | "
@@ -342,9 +357,9 @@ def _md(report: dict) -> str:
 
 def _verdict(rows: list[dict]) -> str:
     """Which fast-path settings pay off here (>= 1.5x training throughput), stated from the numbers."""
-    base = {r["model"]: r for r in rows if r["mode"] == "fp32"}
+    base = {r["model"]: r for r in rows if r["mode"] == "fp32" and "error" not in r}
     wins = [f"{r['model']} {r['mode']} {r['train_samples_per_s'] / base[r['model']]['train_samples_per_s']:.2f}x"
-            for r in rows if r["mode"] != "fp32" and r["model"] in base
+            for r in rows if r["mode"] != "fp32" and r["model"] in base and "error" not in r
             and r["train_samples_per_s"] >= 1.5 * base[r["model"]]["train_samples_per_s"]]
     if wins:
         return "Fast-path settings at least 1.5x faster than fp32 in training: " + "; ".join(wins) + "."
@@ -353,7 +368,7 @@ def _verdict(rows: list[dict]) -> str:
 
 
 def main(sections: str = ",".join(SECTIONS), repeats: int = 3, volumes: int = 16, models: str = "",
-         bf16_repeats: int = 1, data_root: str | None = None, results_dir: str = "results",
+         bf16_repeats: int = 0, data_root: str | None = None, results_dir: str = "results",
          out: str = "results/BENCHMARKS.md") -> str:
     """Run the benchmark sections and write ``out`` (Markdown) and the raw numbers beside it (.json).
 
@@ -363,8 +378,9 @@ def main(sections: str = ",".join(SECTIONS), repeats: int = 3, volumes: int = 16
         volumes: IXI-HH subjects used by the preprocess and loading sections.
         models: comma-separated subset of resnet3d, oasis_resblock, tsan_stage1, midslice_resnet18,
             alz_altzcnn (default: all).
-        bf16_repeats: timed repetitions of bf16 on CPUs without native bf16 (it is emulated and slow;
-            0 skips it).
+        bf16_repeats: timed repetitions of bf16 on CPUs without native bf16 (default 0: skipped; it
+            is emulated there, 20-70x slower than fp32 for the 3D models measured here, so a run takes
+            many minutes per model).
     """
     from common.runlog import git_commit
 

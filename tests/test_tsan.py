@@ -219,6 +219,15 @@ def test_fast_stem_gradient_matches_conv3d():
     (grad_fast,) = torch.autograd.grad(fast(xr).sum(), xr)
     (grad_ref,) = torch.autograd.grad(ref(xr).sum(), xr)
     assert torch.allclose(grad_fast, grad_ref, atol=1e-5), "input gradients too, when asked for"
+    # under bf16 autocast (the CPU fast path where bf16 is native) the backward takes a bf16 gradient
+    fast.zero_grad(), ref.zero_grad()
+    for conv in (fast, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x)
+        assert out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+    assert fast.weight.grad.dtype == torch.float32
+    assert torch.allclose(fast.weight.grad, ref.weight.grad, rtol=0.05, atol=0.5)
 
 
 def test_second_stage_takes_a_given_stage1_age():

@@ -77,6 +77,7 @@ class _SingleChannelConv3dFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p, d = ctx.padding, ctx.dilation
+        grad = grad.to(weight.dtype)  # under autocast the convolution ran in bf16/fp16
         padded = nn.functional.pad(x, (p,) * 6)[:, 0]
         out_d, out_h, out_w = grad.shape[2:]
         flat = grad.transpose(0, 1).reshape(grad.shape[1], -1)
@@ -89,7 +90,7 @@ class _SingleChannelConv3dFunction(torch.autograd.Function):
                     grad_w[:, 0, i, j, k] = flat @ tap
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv3d_input(x.shape, weight, grad, padding=p, dilation=d)
+            grad_x = torch.nn.grad.conv3d_input(x.shape, weight, grad, padding=p, dilation=d).to(x.dtype)
         return grad_x, grad_w, grad.sum(dim=(0, 2, 3, 4)), None, None
 
 
