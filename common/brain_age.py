@@ -132,6 +132,22 @@ def apply_exclusion(frame: pd.DataFrame, rule: RowExclusion | None, exclusions, 
     return frame[~drop].reset_index(drop=True)
 
 
+def usable_frame(dataset: str, data_root: str | None, results_dir: str | Path, max_per_split: int | None,
+                 exclude: RowExclusion | None, stage: str, spec: VolumeSpec | None = None,
+                 cache_dir: str | Path | None = None):
+    """The shared split's labelled rows of ``dataset`` that a method can use: ``exclude`` applied
+    (logged under ``stage``) and, with ``spec``, preprocessed into the cache (``cache_path`` column).
+
+    Returns:
+        ``(frame, exclusions)``.
+    """
+    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
+    frame = apply_exclusion(frame, exclude, exclusions, stage)
+    if spec is not None:
+        frame = prepare_volumes(frame, spec, cache_dir, exclusions)
+    return frame, exclusions
+
+
 def volume_loader(frame: pd.DataFrame, batch_size: int, train: bool, seed: int, augment: Callable | None = None,
                   columns: tuple[str, ...] = ()) -> DataLoader:
     """DataLoader over cached volumes: shuffled with a seeded generator and ``drop_last`` for training;
@@ -174,9 +190,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     run_dir = Path(runs_dir) / method / dataset / run_name
     if run_dir.exists() and not resume and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
-    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
-    frame = apply_exclusion(frame, exclude, exclusions, method)
-    frame = prepare_volumes(frame, spec, cache_dir, exclusions)
+    frame, exclusions = usable_frame(dataset, data_root, results_dir, max_per_split, exclude, method, spec, cache_dir)
     if annotate is not None:
         frame = annotate(frame)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -228,10 +242,8 @@ def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: 
     dev = select_device(device)
     ckpt = load_checkpoint(run_dir / "best.pt", method)
     if frame is None:
-        frame, exclusions = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"],
-                                                 cfg["max_per_split"])
-        frame = apply_exclusion(frame, exclude, exclusions, method)
-        frame = prepare_volumes(frame, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"], exclusions)
+        frame, _ = usable_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"], exclude,
+                                method, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"])
     frame = frame[frame["split"].isin(["train", "val", "test"])].reset_index(drop=True)
     model = model_from_checkpoint(ckpt).to(dev)
     model.load_state_dict(ckpt["model_state"])

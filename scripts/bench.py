@@ -180,12 +180,9 @@ def _build(name: str) -> torch.nn.Module:
         from baselines.oasis_resblock.model import OasisResBlockRegressor
         return OasisResBlockRegressor()
     if name == "tsan_stage1":
-        from tsan.model import FirstStage, ScaleDense, init_weights
-        from tsan.train import PROFILES
-        hp = PROFILES["cpu"]
-        model = FirstStage(ScaleDense(hp["nb_filter"], hp["nb_block"], use_sex=True), hp["downsample"])
-        model.apply(init_weights)
-        return model
+        from tsan.model import init_weights
+        from tsan.train import PROFILES, build_first_stage
+        return build_first_stage(PROFILES["cpu"]).apply(init_weights)
     if name == "midslice_resnet18":
         from midslice_classifier.model import build_resnet18_classifier
         return build_resnet18_classifier(3, "none")[0]

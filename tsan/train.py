@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
+from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age, usable_frame, volume_loader
 from common.data.preprocess import VolumeSpec
-from common.device import default_profile
+from common.device import default_profile, select_device
 from common.experiment import default_run_name, resolve_profile
-from common.io import write_csv
-from common.training import load_checkpoint
+from common.io import write_csv, write_json
+from common.training import load_checkpoint, predict
 from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense, discretize_age, init_weights
 from tsan.ranking import RankingLoss, TSANLoss, load_sorter, pretrain_sorter
 
@@ -116,17 +116,18 @@ def _loss(hp: dict, batch: int, cache_dir: str, seed: int) -> tuple[TSANLoss, di
     return TSANLoss(RankingLoss(sorter, hp["beta"]), hp["lbd"]), report
 
 
-def _stage1_from_args(args: dict) -> FirstStage:
+def build_first_stage(args: dict) -> FirstStage:
+    """Stage 1 from its ``model_args`` (``nb_filter``, ``nb_block``, ``downsample``), sex input on."""
     return FirstStage(ScaleDense(args["nb_filter"], args["nb_block"], use_sex=True), args["downsample"])
 
 
 def _model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     args = ckpt["model_args"]
     if "stage1" not in args:
-        return _stage1_from_args(args)
+        return build_first_stage(args)
     net = SecondStageScaleDense(args["nb_filter"], args["nb_block"], True, args["normalize_discrete_age"],
                                 args["age_mean"], args["age_std"])
-    return SecondStage(_stage1_from_args(args["stage1"]), net, args["dis_range"])
+    return SecondStage(build_first_stage(args["stage1"]), net, args["dis_range"])
 
 
 def _stage1_build(hp: dict, cache_dir: str) -> Callable[[pd.DataFrame], RegressorSetup]:
@@ -135,7 +136,7 @@ def _stage1_build(hp: dict, cache_dir: str) -> Callable[[pd.DataFrame], Regresso
 
     def build(train_frame: pd.DataFrame) -> RegressorSetup:
         args = {"nb_filter": hp["nb_filter"], "nb_block": hp["nb_block"], "downsample": hp["downsample"]}
-        model = _stage1_from_args(args)
+        model = build_first_stage(args)
         model.apply(init_weights)
         optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=True)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
@@ -198,20 +199,29 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
 STAGE1_ATTEMPTS = 3
 
 
-def constant_output(run_dir: Path, frame: pd.DataFrame, device: str) -> bool:
-    """True if the run's ``best.pt`` gives the same age for every row of ``frame`` (validation rows):
-    ScaleDense ends in a ReLU, and when its input goes negative for every subject early in training
-    the output is 0 for all of them and no gradient ever flows again (a dead output unit)."""
-    from common.brain_age import volume_loader
-    from common.device import select_device
-    from common.training import predict
-
+def load_best(run_dir: str | Path, device: str) -> tuple[torch.nn.Module, dict, torch.device]:
+    """``(model, checkpoint, device)``: a TSAN run's ``best.pt`` rebuilt on ``device``, in eval mode."""
     ckpt = load_checkpoint(Path(run_dir) / "best.pt")
     dev = select_device(device)
     model = _model_from_checkpoint(ckpt).to(dev)
     model.load_state_dict(ckpt["model_state"])
-    _, _, pred = predict(model, volume_loader(frame.reset_index(drop=True), 8, False, 0), dev)
-    return bool(np.ptp(pred) < 1e-6)
+    return model.eval(), ckpt, dev
+
+
+def predict_ages(run_dir: str | Path, frame: pd.DataFrame, device: str) -> np.ndarray:
+    """Ages (years, (N,)) the run's ``best.pt`` predicts for the N rows of ``frame``, in row order."""
+    model, _, dev = load_best(run_dir, device)
+    idx, _, pred = predict(model, volume_loader(frame.reset_index(drop=True), 8, False, 0), dev)
+    ages = np.empty(len(frame))
+    ages[idx] = pred
+    return ages
+
+
+def constant_output(run_dir: Path, frame: pd.DataFrame, device: str) -> bool:
+    """True if the run's ``best.pt`` gives the same age for every row of ``frame`` (validation rows):
+    ScaleDense ends in a ReLU, and when its input goes negative for every subject early in training
+    the output is 0 for all of them and no gradient ever flows again (a dead output unit)."""
+    return bool(np.ptp(predict_ages(run_dir, frame, device)) < 1e-6)
 
 
 def train_stage1_alive(*, method: str, dataset: str, profile: str, hp: dict, seed: int, device: str, run_name: str,
@@ -300,7 +310,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
     method = VARIANTS[variant]
 
     def build(train_frame: pd.DataFrame) -> RegressorSetup:
-        first = _stage1_from_args(first_ckpt["model_args"])
+        first = build_first_stage(first_ckpt["model_args"])
         first.load_state_dict(first_ckpt["model_state"])
         ages = train_frame["age"].to_numpy(float)
         args = {"nb_filter": hp["nb_filter"], "nb_block": hp["nb_block"], "dis_range": hp["dis_range"],
@@ -358,10 +368,6 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
     """
     from sklearn.model_selection import KFold
 
-    from common.brain_age import apply_exclusion, volume_loader
-    from common.device import select_device
-    from common.experiment import labelled_split_frame
-    from common.training import predict
 
     if out_csv.exists():
         log.info("out-of-fold stage-1 ages from %s", out_csv)
@@ -371,8 +377,7 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
     # the stage-1 run's settings (a run recorded before a setting existed gets the profile's value)
     hp = {**PROFILES[first_cfg["profile"]], **{k: first_cfg[k] for k in PROFILES["paper"] if k in first_cfg}}
     dataset, root = first_cfg["dataset"], data_root or first_cfg["data_root"]
-    frame, exclusions = labelled_split_frame(dataset, root, results_dir, max_per_split)
-    frame = apply_exclusion(frame, UNKNOWN_SEX, exclusions, STAGE1_FOLD)
+    frame, _ = usable_frame(dataset, root, results_dir, max_per_split, UNKNOWN_SEX, STAGE1_FOLD)
     ids = np.array(sorted(frame.loc[frame["split"] == "train", "participant_id"].unique()))
     if len(ids) < folds:
         raise ValueError(f"{len(ids)} training subjects cannot make {folds} folds")
@@ -393,13 +398,7 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
             device=device, run_name=fold_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
             data_root=root, max_per_split=max_per_split, resume=(fold_dir / "last.pt").exists(), annotate=annotate)
         held_frame = fold_frame[fold_frame["split"] == HELD_OUT].reset_index(drop=True)
-        ckpt = load_checkpoint(fold_dir / "best.pt", STAGE1_FOLD)
-        dev = select_device(device)
-        model = _model_from_checkpoint(ckpt).to(dev)
-        model.load_state_dict(ckpt["model_state"])
-        idx, _, pred = predict(model, volume_loader(held_frame, 8, False, 0), dev)
-        ages = np.empty(len(held_frame))
-        ages[idx] = pred
+        ages = predict_ages(fold_dir, held_frame, device)
         parts.append(pd.DataFrame({"participant_id": held_frame["participant_id"], "session_id": held_frame["session_id"],
                                    "stage1_age": ages, "fold": k, "fold_run": fold_dir.name}))
     table = pd.concat(parts, ignore_index=True)
@@ -495,24 +494,14 @@ def residual_sources(run_dir: str, device: str = "auto") -> dict:
     Returns:
         ``{split: {"n", "target_sd", "r_sd", "r_within_bin_sd", "corr_r_target", "branch_sd": {...}}}``.
     """
-    from common.brain_age import apply_exclusion, volume_loader
-    from common.data.preprocess import prepare_volumes
-    from common.device import select_device
-    from common.experiment import labelled_split_frame
-    from common.io import write_json
 
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
-    ckpt = load_checkpoint(run_dir / "best.pt")
+    model, ckpt, dev = load_best(run_dir, device)
     if "stage1" not in ckpt["model_args"]:
         raise ValueError(f"{run_dir} is not a stage-2 run")
-    dev = select_device(device)
-    model = _model_from_checkpoint(ckpt).to(dev)
-    model.load_state_dict(ckpt["model_state"])
-    model.eval()
-    frame, exclusions = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"])
-    frame = apply_exclusion(frame, UNKNOWN_SEX, exclusions, cfg["method"])
-    frame = prepare_volumes(frame, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"], exclusions)
+    frame, _ = usable_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"], UNKNOWN_SEX,
+                            cfg["method"], VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"])
     oof_csv = run_dir / "out_of_fold_stage1.csv"
     if oof_csv.exists():  # out_of_fold: the training rows' d is the one stage 2 trained with
         oof = pd.read_csv(oof_csv, dtype={"session_id": str, "participant_id": str}).fillna({"session_id": ""})
