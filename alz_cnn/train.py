@@ -32,7 +32,7 @@ from alz_cnn.data import AlzheimerSlices, cached_images, load_alzheimer4, source
 from alz_cnn.model import AltzCNN, build_transfer_model, count_parameters, model_size_mb
 from alz_cnn.near_duplicates import DEFAULT_THRESHOLD, DEFAULT_THUMBNAIL, find_near_duplicates, near_duplicate_figure
 from common.classification import publish_classification_result, report_classification
-from common.device import configure_cpu_threads, default_profile, select_device
+from common.device import configure_numerics, default_profile, select_device
 from common.distributed import main_process_first
 from common.experiment import default_run_name, resolve_profile
 from common.io import write_csv, write_json
@@ -190,8 +190,7 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
         "epochs": epochs, "lr": lr, "batch_size": batch_size, "image_size": image_size,
         "max_train_images": max_train_images})
     dev = select_device(device)
-    if dev.type == "cpu":
-        configure_cpu_threads()
+    configure_numerics(dev, "fp32")  # no autocast in this method: fp32 on every device
     method = method_name(model)
     run_dir = Path(runs_dir) / method / dataset / (run_name or default_run_name(profile))
     if (run_dir / "last.pt").exists() and not resume:

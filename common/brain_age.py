@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from common.data.datasets import VolumeDataset
 from common.data.preprocess import VolumeSpec, prepare_volumes
-from common.device import autocast_dtype, configure_cpu_threads, select_device
+from common.device import autocast_dtype, configure_numerics, precision_of_run, resolve_precision, select_device
 from common.experiment import default_run_name, labelled_split_frame
 from common.io import save_torch, write_json
 from common.metrics import BiasCorrection, brain_age_report
@@ -86,10 +86,12 @@ def publish_trained_run(cfg: dict, frame: pd.DataFrame, report: dict, model: nn.
     """Result JSON of a deep regressor evaluated by :func:`evaluate_brain_age` (``cfg`` is its
     ``config.json``); adds the best and last epochs when the run's ``fit`` summary is given."""
     if fit:
-        params = {**params, "best_epoch": fit["best_epoch"], "epochs_run": fit["epochs_run"]}
+        params = {**params, "best_epoch": fit["best_epoch"], "epochs_run": fit["epochs_run"],
+                  "nonfinite_steps": fit.get("nonfinite_steps", 0)}
     path = publish_brain_age_result(
         cfg["results_dir"], frame, report, method=method, method_label=method_label, source=source,
-        dataset=cfg["dataset"], profile=cfg["profile"], source_reported=source_reported, parameters=params,
+        dataset=cfg["dataset"], profile=cfg["profile"], precision=precision_of_run(cfg),
+        source_reported=source_reported, parameters=params,
         n_parameters=sum(p.numel() for p in model.parameters()), wall_time_s=time.time() - wall_start,
         environment=environment_info(select_device(device)), commit=git_commit(), run_dir=run_dir, notes=notes,
         readme_folder=readme_folder)
@@ -166,8 +168,9 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
                     ) -> tuple[Path, pd.DataFrame, dict, float]:
     """Shared training run of a 3D brain-age regressor on the shared split of ``dataset``.
 
-    ``hp`` must hold ``epochs``, ``batch_size``, ``grad_clip``, ``amp`` and ``precise_bn``; every
-    entry is recorded in ``config.json``. ``exclude`` removes rows the method cannot use (logged).
+    ``hp`` must hold ``epochs``, ``batch_size``, ``grad_clip``, ``amp_dtype`` (requested precision,
+    :func:`common.device.resolve_precision`) and ``precise_bn``; every entry is recorded in
+    ``config.json``, with the precision in force as ``precision``. ``exclude`` removes rows the method cannot use (logged).
     ``annotate(frame)`` may add columns or move rows out of the ``train`` split after preprocessing
     (TSAN's out-of-fold stage 2); batches carry every column named in the model's ``extra_inputs``.
     ``build(train_frame)`` returns the method's model,
@@ -182,8 +185,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     """
     t_start = time.time()
     dev = select_device(device)
-    if dev.type == "cpu":
-        configure_cpu_threads()
+    precision = resolve_precision(dev, hp["amp_dtype"])
+    numerics = configure_numerics(dev, precision)
     if resume and not run_name:
         raise ValueError("--resume needs --run_name of the run to continue")
     run_name = run_name or default_run_name(profile)
@@ -198,8 +201,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     train_frame, val_frame = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
     if len(train_frame) < 2 or len(val_frame) < 2:
         raise ValueError(f"too few usable subjects: {len(train_frame)} train, {len(val_frame)} val")
-    amp_dtype = autocast_dtype(dev, hp["amp"])
-    config = {"method": method, "dataset": dataset, "profile": profile, **hp, "seed": seed, "amp_dtype": str(amp_dtype),
+    config = {"method": method, "dataset": dataset, "profile": profile, **hp, "seed": seed, "precision": precision,
+              "numerics": numerics,
               "run_dir": str(run_dir), "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir,
               "max_per_split": max_per_split, "preprocess": spec.to_dict(),
               "n_images": {s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")}}
@@ -216,7 +219,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
         setup.model, setup.optimizer, setup.scheduler, setup.loss_fn,
         volume_loader(train_frame, hp["batch_size"], True, seed, setup.augment, columns),
         volume_loader(val_frame, 8, False, seed, columns=columns),
-        dev, FitConfig(epochs=hp["epochs"], grad_clip=hp["grad_clip"], amp_dtype=amp_dtype, seed=seed,
+        dev, FitConfig(epochs=hp["epochs"], grad_clip=hp["grad_clip"], amp_dtype=autocast_dtype(precision), seed=seed,
                        precise_bn=hp["precise_bn"], early_stopping_patience=early_stopping_patience),
         run_dir, logger, meta, resume=resume, bn_loader=volume_loader(train_frame, 8, False, seed, columns=columns),
         selection=selection)
@@ -248,7 +251,7 @@ def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: 
     model = model_from_checkpoint(ckpt).to(dev)
     model.load_state_dict(ckpt["model_state"])
     eval_frame = frame[frame["split"].isin(["val", "test"])].reset_index(drop=True)
-    idx, _, pred = predict(model, volume_loader(eval_frame, 8, False, 0), dev, autocast_dtype(dev, cfg["amp"]))
+    idx, _, pred = predict(model, volume_loader(eval_frame, 8, False, 0), dev, autocast_dtype(precision_of_run(cfg)))
     predicted = np.empty(len(eval_frame))
     predicted[idx] = pred
     report, correction = report_brain_age(eval_frame, predicted, run_dir, f"{method} on {cfg['dataset']} ({cfg['profile']})",

@@ -1,14 +1,18 @@
-"""Device selection, autocast precision and seeding shared by every method."""
+"""Device selection, training precision, deterministic numerics and seeding shared by every method."""
 
 from __future__ import annotations
 
+import logging
 import os
+import platform
 import random
 
 import numpy as np
 import torch
 
-from common import distributed
+from common import distributed, numerics
+
+log = logging.getLogger(__name__)
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -50,28 +54,111 @@ def cpu_has_fast_bf16() -> bool:
     """True if the CPU has native bf16 arithmetic (AVX512-BF16 or AMX).
 
     Without it, bf16 autocast is emulated: measured on an AVX2-only AMD EPYC here, a 3D ResNet-18
-    training step ran about 30x slower in bf16 than in fp32, so autocast must stay off there.
+    training step ran 20-70x slower in bf16 than in fp32.
     """
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    flags = numerics.cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """Mixed-precision dtype for ``torch.autocast``.
+#: Training precisions a profile or ``--amp_dtype`` may name, and their autocast dtypes.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    fp16 on CUDA; bf16 on CPU only when the CPU computes bf16 natively (:func:`cpu_has_fast_bf16`);
-    None (fp32) on MPS, on CPUs without native bf16, or when ``enabled`` is False.
+
+def resolve_precision(device: torch.device, requested: str) -> str:
+    """The precision a run trains and predicts in; never chosen from the hardware by itself.
+
+    - ``"fp32"``: no autocast (every ``cpu`` profile, on every CPU).
+    - ``"fp16"``: fp16 autocast with a gradient scaler on CUDA (the ``paper`` profiles whose sources
+      use CUDA AMP). On any other device it resolves to ``"fp32"``, with a warning: CPUs have no
+      fast fp16 path, and the sources ran fp16 on GPUs only.
+    - ``"bf16"``: bf16 autocast, only when asked for (``--amp_dtype=bf16``). On a CPU without native
+      bf16 it is honoured with a warning (emulated, 20-70x slower).
+
+    Args:
+        device: where the run computes.
+        requested: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    Returns:
+        The precision in force (a key of :data:`PRECISIONS`).
+
+    Raises:
+        ValueError: ``requested`` is not one of :data:`PRECISIONS`.
     """
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
+    requested = str(requested).lower()
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; choose one of {sorted(PRECISIONS)}")
+    if requested == "fp16" and device.type != "cuda":
+        log.warning("precision fp16 is CUDA mixed precision; on %s this run trains in fp32", device.type)
+        return "fp32"
+    if requested == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        log.warning("precision bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16): emulated, 20-70x slower")
+    return requested
+
+
+def precision_of_run(config: dict) -> str:
+    """The precision a finished run trained in, from its ``config.json`` (also runs recorded
+    before ``precision`` existed, whose ``amp_dtype`` holds ``"torch.bfloat16"``, ``"None"``...)."""
+    if config.get("precision") in PRECISIONS:
+        return config["precision"]
+    legacy = str(config.get("amp_dtype", "None"))
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(legacy, "fp32")
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The ``torch.autocast`` dtype of a resolved precision (None: fp32, no autocast)."""
+    return PRECISIONS[precision]
+
+
+def configure_numerics(device: torch.device, precision: str) -> dict:
+    """Make training deterministic and its precision explicit; call before the first tensor work.
+
+    - deterministic algorithms (``torch.use_deterministic_algorithms(True, warn_only=True)``: ops
+      without a deterministic kernel warn instead of failing), cuDNN benchmark off;
+    - on CPU, a fixed thread count (:func:`configure_cpu_threads`), and the AVX2 pin of
+      :mod:`common.numerics`, except for oneDNN in a bf16 run, whose fast kernels need the native
+      instruction set;
+    - the precision in force is logged.
+
+    Returns:
+        The facts recorded with the run (:func:`numerics_info`).
+    """
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    if device.type == "cpu":
+        configure_cpu_threads()
+        if precision == "bf16" and numerics.release_onednn_pin():
+            log.info("bf16 run: oneDNN may use the CPU's native instruction set (results are CPU-specific)")
+    info = numerics_info()
+    log.info("precision %s on %s (%s); CPU code paths %s, %d threads", precision, device, info["cpu_model"],
+             info["cpu_capability"], info["threads"])
+    return info
+
+
+def numerics_info() -> dict:
+    """CPU model and flags, instruction set in force, threads, torch build: what a result depends on."""
+    flags = numerics.cpu_flags()
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        model = platform.processor() or platform.machine()
+    config = torch.__config__.show()
+    return {
+        "cpu_model": model,
+        "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")},
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_pin": numerics.isa_settings(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_git": torch.version.git_version,
+        "torch_blas": next((line.strip(" -") for line in config.splitlines() if "Math Kernel Library" in line
+                            or "OpenBLAS" in line), None),
+        "torch_onednn": next((line.strip(" -") for line in config.splitlines() if "MKL-DNN" in line
+                              or "oneDNN" in line), None),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
 
 
 def default_profile() -> str:
@@ -86,13 +173,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def configure_cpu_threads() -> int:
-    """Use every available core for intra-op parallelism; returns the thread count.
+#: CPU threads of a run unless ``OMP_NUM_THREADS`` says otherwise: the reference machines' 2 cores.
+#: Fixed, not the core count, because the split of a reduction between threads changes its
+#: rounding, so a run on a machine with more cores would not reproduce the committed results.
+REFERENCE_CPU_THREADS = 2
 
-    Respects an explicit ``OMP_NUM_THREADS``; under torchrun the cores are shared out between the
+
+def configure_cpu_threads() -> int:
+    """Fix the intra-op thread count; returns it.
+
+    ``OMP_NUM_THREADS`` if set, else :data:`REFERENCE_CPU_THREADS` whatever the core count (for
+    results that do not depend on the machine); under torchrun shared out between the
     ``LOCAL_WORLD_SIZE`` processes of this machine.
     """
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    n = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, len(os.sched_getaffinity(0)) // local_processes)
+    n = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, REFERENCE_CPU_THREADS // local_processes)
     torch.set_num_threads(n)
     return n

@@ -52,6 +52,22 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def all_true(flag: bool) -> bool:
+    """``flag`` on every process (logical AND over the process group); ``flag`` itself without one."""
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=reduce_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def reduce_device() -> torch.device:
+    """Where a tensor must be for a collective: the current GPU under nccl, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def is_main_process() -> bool:
     """True on rank 0, the only process that writes checkpoints, logs and results."""
     return rank() == 0

@@ -50,7 +50,7 @@ def split_counts(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def write_result(results_dir: str | Path, *, method: str, method_label: str, source: str, dataset: str,
-                 task: str, profile: str, metrics: dict, source_reported: dict | None, n_subjects: dict,
+                 task: str, profile: str, metrics: dict, precision: str = "fp32", source_reported: dict | None, n_subjects: dict,
                  parameters: dict, n_parameters: int | None, wall_time_s: float, environment: dict,
                  commit: str, run_dir: str | Path, notes: list[str] | None = None,
                  subject_split: bool = True, readme_folder: str | None = None) -> Path:
@@ -58,6 +58,8 @@ def write_result(results_dir: str | Path, *, method: str, method_label: str, sou
 
     Args:
         metrics: the test-split report (e.g. :func:`common.metrics.brain_age_report`).
+        precision: the training precision in force (``fp32``, ``bf16``, ``fp16``;
+            :func:`common.device.resolve_precision`); the leaderboard shows it when not fp32.
         source_reported: the number(s) the method's source reports, with their setting.
         notes: deviations or caveats that must travel with the number (e.g. random-init weights).
         subject_split: False for datasets kept in their published image-level folders.
@@ -70,6 +72,7 @@ def write_result(results_dir: str | Path, *, method: str, method_label: str, sou
         "dataset": dataset,
         "task": task,
         "profile": profile,
+        "precision": precision,
         "subject_split": subject_split,
         "split_file": f"results/splits/{dataset}.csv",
         "split_sha256": split_sha256(dataset, results_dir) if subject_split else None,

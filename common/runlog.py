@@ -37,19 +37,25 @@ def git_commit() -> str:
 
 
 def environment_info(device: torch.device) -> dict:
-    """Versions and machine facts recorded with every run and result."""
+    """Versions and machine facts recorded with every run and result: CPU model and flags, the
+    instruction set its kernels use, threads, torch build (:func:`common.device.numerics_info`)."""
     import monai
     import numpy
     import sklearn
 
+    from common.device import numerics_info
+
+    cpu = numerics_info()
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
-        device_name = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+        kind = "native bf16" if cpu["cpu_flags"]["avx512_bf16"] or cpu["cpu_flags"]["amx_bf16"] else (
+            "AVX-512" if cpu["cpu_flags"]["avx512f"] else "AVX2")
+        device_name = f"{cpu['cpu_model']} ({kind}; {cpu['cpu_capability']} kernels, {cpu['threads']} threads)"
     return {
         "device": str(device), "device_name": device_name, "python": sys.version.split()[0],
         "torch": torch.__version__, "monai": monai.__version__, "numpy": numpy.__version__,
-        "sklearn": sklearn.__version__, "platform": platform.platform(),
+        "sklearn": sklearn.__version__, "platform": platform.platform(), "cpu": cpu,
     }
 
 

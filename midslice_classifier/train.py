@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from common.classification import publish_classification_result, report_classification
 from common.data.checks import BadImageError
-from common.device import configure_cpu_threads, default_profile, select_device
+from common.device import configure_numerics, default_profile, select_device
 from common.distributed import main_process_first
 from common.experiment import default_run_name, labelled_split_frame, resolve_profile
 from common.plots import training_curves
@@ -178,8 +178,7 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
     hp = resolve_profile(PROFILES, profile, {"epochs": epochs, "lr": lr, "image_size": image_size,
                                              "precise_bn": precise_bn})
     dev = select_device(device)
-    if dev.type == "cpu":
-        configure_cpu_threads()
+    configure_numerics(dev, "fp32")  # no autocast in this method: fp32 on every device
     run_name = run_name or default_run_name(profile)
     method = _method_name(weights)
     run_dir = Path(runs_dir) / method / dataset / run_name

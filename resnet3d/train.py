@@ -34,10 +34,10 @@ SOURCE_REPORTED = {"dataset": "IXI (all sites)", "split": "80 validation subject
 #: 2 CPU cores (see README "Deviations").
 PROFILES = {
     "paper": dict(image_size=96, spacing_mm=2.0, epochs=100, batch_size=2, lr=1e-5, weight_decay=1e-4,
-                  warmup_epochs=5, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp=True,
+                  warmup_epochs=5, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp_dtype="fp16",
                   init_bias_to_mean=False, precise_bn=False, flip_axes="0,1,2"),
     "cpu": dict(image_size=48, spacing_mm=4.0, epochs=16, batch_size=4, lr=3e-4, weight_decay=1e-4,
-                warmup_epochs=1, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp=True,
+                warmup_epochs=1, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp_dtype="fp32",
                 init_bias_to_mean=True, precise_bn=True, flip_axes="0"),
 }
 
@@ -71,7 +71,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           weight_decay: float | None = None, warmup_epochs: int | None = None, min_lr: float | None = None,
           huber_delta: float | None = None, dropout: float | None = None, grad_clip: float | None = None,
-          image_size: int | None = None, spacing_mm: float | None = None, amp: bool | None = None,
+          image_size: int | None = None, spacing_mm: float | None = None, amp_dtype: str | None = None,
           init_bias_to_mean: bool | None = None, precise_bn: bool | None = None, flip_axes: str | None = None,
           widths: str = "64,128,256,512", seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
@@ -96,7 +96,9 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         grad_clip: max gradient norm.
         image_size: cubic input grid, voxels.
         spacing_mm: isotropic voxel spacing of the input, mm.
-        amp: mixed precision (fp16 on CUDA; bf16 on CPUs with native bf16, otherwise fp32).
+        amp_dtype: training precision: ``fp32``, ``bf16`` (autocast; fast only on CPUs with native
+            bf16 or on GPUs) or ``fp16`` (CUDA mixed precision as the source; fp32 elsewhere).
+            Profiles: paper fp16, cpu fp32.
         init_bias_to_mean: start the output bias at the training-set mean age.
         precise_bn: recompute BatchNorm statistics on un-augmented training data before each
             validation (and so in the saved checkpoints).
@@ -121,7 +123,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     hp = resolve_profile(PROFILES, profile, dict(
         image_size=image_size, spacing_mm=spacing_mm, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr, huber_delta=huber_delta,
-        dropout=dropout, grad_clip=grad_clip, amp=amp, init_bias_to_mean=init_bias_to_mean,
+        dropout=dropout, grad_clip=grad_clip, amp_dtype=amp_dtype, init_bias_to_mean=init_bias_to_mean,
         precise_bn=precise_bn, flip_axes=flip_axes))
     hp["flip_axes"] = ",".join(str(a) for a in int_tuple(hp["flip_axes"]))
     hp["widths"] = list(int_tuple(widths))

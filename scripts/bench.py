@@ -37,12 +37,14 @@ from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 
-import fire
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import fire  # noqa: E402
+import torch  # noqa: E402
+
+import common  # noqa: E402,F401  (first: pins the CPU code paths, common/numerics.py)
+from common import numerics  # noqa: E402
 from common.data.datasets import VolumeDataset  # noqa: E402
 from common.data.manifest import Exclusions  # noqa: E402
 from common.data.preprocess import VolumeSpec, prepare_volumes, preprocess_volume  # noqa: E402
@@ -51,7 +53,7 @@ from common.device import configure_cpu_threads, cpu_has_fast_bf16  # noqa: E402
 from common.io import write_json, write_text  # noqa: E402
 from common.paths import find_data_root  # noqa: E402
 
-SECTIONS = ("preprocess", "loading", "models", "mainjob")
+SECTIONS = ("preprocess", "loading", "models", "precision", "mainjob")
 
 
 def machine() -> dict:
@@ -194,6 +196,8 @@ def _build(name: str) -> torch.nn.Module:
 
 def _measure_model(name: str, mode: str, repeats: int, queue) -> None:
     """In a fresh process: training and inference samples/s and peak RSS for one model and mode."""
+    if mode == "bf16":  # the fast bf16 kernels need oneDNN's native instruction set
+        numerics.release_onednn_pin()
     configure_cpu_threads()
     spec = _model_specs()[name]
     torch.manual_seed(0)
@@ -259,6 +263,67 @@ def bench_models(repeats: int, models: tuple[str, ...], bf16_repeats: int) -> li
     return rows
 
 
+#: Train CLIs of the methods the ``precision`` section can run.
+PRECISION_MODULES = {"resnet3d": "resnet3d.train", "oasis_resblock": "baselines.oasis_resblock.train"}
+
+
+def _run_summary(run_dir: Path) -> dict:
+    """Best validation score, its epoch, skipped steps and seconds per epoch of a finished run."""
+    metrics = __import__("pandas").read_csv(run_dir / "metrics.csv")
+    score = next(c for c in ("mae/val", "mse/val", "acc/val") if c in metrics.columns)
+    best = metrics[score].idxmin() if score != "acc/val" else metrics[score].idxmax()
+    return {"selection": score, "best_val": float(metrics.loc[best, score]), "best_epoch": int(metrics.loc[best, "epoch"]),
+            "epochs": len(metrics), "nonfinite_steps": int(metrics.get("train/nonfinite_steps", [0]).sum()),
+            "s_per_epoch": float(metrics["time/elapsed_s"].iloc[-1]) / len(metrics)}
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    sa, sb = (torch.load(p / "best.pt", weights_only=True)["model_state"] for p in (a, b))
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def bench_precision(methods: tuple[str, ...], dataset: str, data_root: str | None, runs_dir: str,
+                    results_dir: str) -> dict:
+    """bf16 autocast against fp32 on real data: each method's ``cpu`` profile trained on ``dataset``
+    once in fp32 and twice in bf16 (same command: is bf16 deterministic?), validation score and
+    seconds per epoch from each run's ``metrics.csv``. Only on a CPU with native bf16; elsewhere the
+    section says so. The test split is not read (``--publish=False`` runs still test at the end,
+    but only validation numbers are reported here)."""
+    if not cpu_has_fast_bf16():
+        return {"skipped": "this CPU has no native bf16 (avx512_bf16/amx_bf16): bf16 autocast is emulated here, "
+                           "20-70x slower than fp32; run this section on a CPU that has it"}
+    import subprocess
+
+    from common.runlog import git_commit
+
+    tag = git_commit()[:8]
+    rows = []
+    for method in methods:
+        runs = {}
+        for precision, repeat in (("fp32", 0), ("bf16", 0), ("bf16", 1)):
+            name = f"bench-{precision}-{repeat}-{tag}"
+            cmd = [sys.executable, "-m", PRECISION_MODULES[method], "train", f"--dataset={dataset}", "--profile=cpu",
+                   f"--amp_dtype={precision}", "--publish=False", f"--run_name={name}", f"--runs_dir={runs_dir}",
+                   f"--results_dir={results_dir}"] + ([f"--data_root={data_root}"] if data_root else [])
+            log_path = Path(runs_dir) / "logs" / f"bench_precision_{method}_{name}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[bench] precision: {method} {precision} run {repeat} (log {log_path})", flush=True)
+            with open(log_path, "w") as fh:
+                rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode
+            run_dir = Path(runs_dir) / method / dataset / name
+            row = {"method": method, "precision": precision, "repeat": repeat, "returncode": rc, "run_dir": str(run_dir)}
+            if rc == 0:
+                row.update(_run_summary(run_dir))
+                runs[(precision, repeat)] = run_dir
+            else:
+                lines = log_path.read_text().strip().splitlines()
+                row["error"] = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "failed")
+            rows.append(row)
+        if ("bf16", 0) in runs and ("bf16", 1) in runs:
+            rows[-1]["identical_to_first_bf16"] = _same_weights(runs[("bf16", 0)], runs[("bf16", 1)])
+    return {"dataset": dataset, "rows": rows}
+
+
 #: Result-file prefixes of each main-job method (``scripts/reproduce.sh`` names).
 MAINJOB_METHODS = {
     "reference": ("mean_age__", "roi_ridge__"), "resnet3d": ("resnet3d__",), "oasis_resblock": ("oasis_resblock__",),
@@ -302,20 +367,20 @@ def bench_mainjob(results_dir: str) -> list[dict]:
 def _md(report: dict) -> str:
     m = report["machine"]
     out = ["# Benchmarks", "",
-           f"Written by `python scripts/bench.py` on {report['date']} (commit {report['commit']}). "
-           f"Machine: {m['cpu']}, {m['cores']} cores, SIMD {', '.join(m['simd']) or 'none'}, native bf16: "
-           f"{'yes' if m['native_bf16'] else 'no'}; torch {m['torch']}, {m['threads']} threads. "
-           f"Medians over {report['repeats']} timed repetitions after one warm-up.", ""]
+           f"Last written by `python scripts/bench.py` on {report['date']} (commit {report['commit']}), on "
+           f"{m['cpu']}, {m['cores']} cores, SIMD {', '.join(m['simd']) or 'none'}, native bf16: "
+           f"{'yes' if m['native_bf16'] else 'no'}; torch {m['torch']}, {m['threads']} threads. Each section names the "
+           f"machine and commit it was measured on. Timings are medians over the timed repetitions after one warm-up.", ""]
     if "preprocess" in report:
         p = report["preprocess"]
-        out += ["## Preprocessing: cold vs cached", "",
+        out += ["## Preprocessing: cold vs cached", "", _stamp(report, "preprocess"), "",
                 f"{p['volumes']} IXI-HH volumes, MONAI pipeline {tuple(p['spec']['shape'])} at "
                 f"{p['spec']['spacing_mm'][0]:g} mm, one worker.", "", "| path | volumes/s | ratio |", "|---|---|---|",
                 f"| cold (decode, reorient, resample, normalise, write) | {p['cold_vol_per_s']:.2f} | 1 |",
                 f"| cached (memory-mapped `.npy`) | {p['cached_vol_per_s']:.1f} | {p['ratio']:.0f}x |", ""]
     if "loading" in report:
         lo = report["loading"]
-        out += ["## One training epoch: naive loading vs cached", "",
+        out += ["## One training epoch: naive loading vs cached", "", _stamp(report, "loading"), "",
                 f"OASIS ResBlock regressor (`cpu` profile: {tuple(lo['spec']['shape'])} at {lo['spec']['spacing_mm'][0]:g} mm, "
                 f"batch {lo['batch_size']}), {lo['subjects']} IXI-HH subjects. Naive = the OASIS tutorial's loading: every NIfTI "
                 "decoded and resampled with nilearn at every epoch.", "",
@@ -323,7 +388,7 @@ def _md(report: dict) -> str:
                 f"| naive (nilearn every epoch) | {lo['naive_epoch_s']:.2f} | 1 |",
                 f"| cached (this repository) | {lo['cached_epoch_s']:.2f} | **{lo['ratio']:.1f}x** |", ""]
     if "models" in report:
-        out += ["## Deep methods: fp32 vs the fast-path candidates", "",
+        out += ["## Deep methods: fp32 vs the fast-path candidates", "", _stamp(report, "models"), "",
                 "Synthetic inputs of each method's `cpu` profile shape and batch; one fresh process per row (peak "
                 "resident memory of that process, including Python and torch).", "",
                 "| model | input x batch | mode | train samples/s | vs fp32 | inference samples/s | vs fp32 | peak RSS (MB) |",
@@ -339,10 +404,29 @@ def _md(report: dict) -> str:
                        f"{r['infer_samples_per_s']:.2f} | {r['infer_samples_per_s'] / b['infer_samples_per_s']:.2f}x | "
                        f"{r['peak_rss_mb']:.0f} |")
         out += ["", report.get("fast_path_verdict", ""), ""]
+    if "precision" in report:
+        pr = report["precision"]
+        out += ["## bf16 autocast vs fp32 on real data", "", _stamp(report, "precision"), ""]
+        if "skipped" in pr:
+            out += [f"Not measured: {pr['skipped']}.", ""]
+        else:
+            out += [f"`cpu` profile of each method on {pr['dataset']}, trained to the end (`--amp_dtype=fp32|bf16 "
+                    "--publish=False`); bf16 twice with the same command. Validation numbers only.", "",
+                    "| method | precision | run | best validation | at epoch | skipped steps | s/epoch "
+                    "| same weights as bf16 run 0 |",
+                    "|---|---|---|---|---|---|---|---|"]
+            for r in pr["rows"]:
+                if "error" in r:
+                    out.append(f"| {r['method']} | {r['precision']} | {r['repeat']} | refused or failed: {r['error']} | | | | |")
+                    continue
+                same = {True: "yes", False: "no"}.get(r.get("identical_to_first_bf16"), "")
+                out.append(f"| {r['method']} | {r['precision']} | {r['repeat']} | {r['selection']} {r['best_val']:.3f} | "
+                           f"{r['best_epoch']} | {r['nonfinite_steps']} | {r['s_per_epoch']:.1f} | {same} |")
+            out.append("")
     if "mainjob" in report:
         rows = report["mainjob"]
         per_method = mainjob_minutes(rows)
-        out += ["## Main job: wall time per method", "",
+        out += ["## Main job: wall time per method", "", _stamp(report, "mainjob"), "",
                 "From `wall_time_s` of the result files in `results/` (the runs behind the leaderboard; cold caches "
                 "where a run filled them).", "", "| method | results | datasets | wall time (min) |", "|---|---|---|---|"]
         for method, seconds in per_method.items():
@@ -364,17 +448,29 @@ def _verdict(rows: list[dict]) -> str:
               for r in rows if r["mode"] != "fp32" and r["model"] in base and "error" not in r]
     best = f" (best: {max(ratios)[1]} {max(ratios)[2]}, {max(ratios)[0]:.2f}x)" if ratios else ""
     return ("No fast-path setting reaches 1.5x the fp32 training throughput on this machine" + best + ", so the "
-            "methods train in fp32 with the default memory format here (`common.device.autocast_dtype` enables "
-            "bf16 only on CPUs with native bf16).")
+            "methods train in fp32 with the default memory format here (every `cpu` profile is fp32; bf16 only "
+            "with `--amp_dtype=bf16`).")
 
 
-def main(sections: str = ",".join(SECTIONS), repeats: int = 3, volumes: int = 16, models: str = "",
-         bf16_repeats: int = 0, data_root: str | None = None, results_dir: str = "results",
+def _stamp(report: dict, section: str) -> str:
+    """Where and when a section was measured (sections kept from an earlier run carry their own)."""
+    st = report.get("measured", {}).get(section)
+    if not st:
+        return ""
+    m = st["machine"]
+    return (f"_Measured {st['date']} at commit {st['commit']} on {m['cpu']} (SIMD {', '.join(m['simd']) or 'none'}; "
+            f"native bf16: {'yes' if m['native_bf16'] else 'no'}), {m['threads']} threads._")
+
+
+def main(sections: str = "preprocess,loading,models,mainjob", repeats: int = 3, volumes: int = 16, models: str = "",
+         bf16_repeats: int = 0, precision_methods: str = "resnet3d,oasis_resblock", precision_dataset: str = "ixi_hh",
+         runs_dir: str = "runs", merge: bool = True, data_root: str | None = None, results_dir: str = "results",
          out: str = "results/BENCHMARKS.md") -> str:
     """Run the benchmark sections and write ``out`` (Markdown) and the raw numbers beside it (.json).
 
     Args:
-        sections: comma-separated subset of preprocess, loading, models, mainjob.
+        sections: comma-separated subset of preprocess, loading, models, precision (bf16 vs fp32
+            training on real data, ~25 min; not in the default), mainjob.
         repeats: timed repetitions per measurement (median reported).
         volumes: IXI-HH subjects used by the preprocess and loading sections.
         models: comma-separated subset of resnet3d, oasis_resblock, tsan_stage1, midslice_resnet18,
@@ -382,6 +478,11 @@ def main(sections: str = ",".join(SECTIONS), repeats: int = 3, volumes: int = 16
         bf16_repeats: timed repetitions of bf16 on CPUs without native bf16 (default 0: skipped; it
             is emulated there, 20-70x slower than fp32 for the 3D models measured here, so a run takes
             many minutes per model).
+        precision_methods: methods trained by the ``precision`` section (resnet3d, oasis_resblock).
+        precision_dataset: dataset of the ``precision`` section.
+        runs_dir: where the ``precision`` section's run folders go.
+        merge: keep the sections of an existing ``out`` that this call does not run (each section
+            names the machine, date and commit it was measured on).
     """
     from common.runlog import git_commit
 
@@ -390,7 +491,18 @@ def main(sections: str = ",".join(SECTIONS), repeats: int = 3, volumes: int = 16
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     configure_cpu_threads()
-    report: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit()[:12], "repeats": repeats}
+    out_path = Path(out)
+    report: dict = {}
+    if merge and out_path.with_suffix(".json").exists():
+        report = json.loads(out_path.with_suffix(".json").read_text())
+        old = {"date": report.get("date"), "commit": report.get("commit"), "machine": report.get("machine")}
+        report.setdefault("measured", {})
+        for section in SECTIONS:  # sections written before stamps existed get the old report's stamp
+            if section in report and section not in report["measured"] and old["machine"]:
+                report["measured"][section] = old
+    stamp = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit()[:12], "machine": machine()}
+    report.update({"machine": stamp["machine"], "date": stamp["date"], "commit": stamp["commit"], "repeats": repeats})
+    report.setdefault("measured", {}).update({section: stamp for section in chosen})
     if "preprocess" in chosen:
         report["preprocess"] = bench_preprocess(volumes, repeats, data_root)
         print(f"[bench] preprocess: {report['preprocess']['ratio']:.0f}x cached vs cold", flush=True)
@@ -402,9 +514,12 @@ def main(sections: str = ",".join(SECTIONS), repeats: int = 3, volumes: int = 16
             or tuple(_model_specs())
         report["models"] = bench_models(repeats, names, bf16_repeats)
         report["fast_path_verdict"] = _verdict(report["models"])
+    if "precision" in chosen:
+        names = tuple(m.strip() for m in (precision_methods.split(",") if isinstance(precision_methods, str)
+                                           else precision_methods) if m.strip())
+        report["precision"] = bench_precision(names, precision_dataset, data_root, runs_dir, results_dir)
     if "mainjob" in chosen:
         report["mainjob"] = bench_mainjob(results_dir)
-    out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_text(out_path, _md(report))
     write_json(out_path.with_suffix(".json"), report)

@@ -67,9 +67,15 @@ def _table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
+def _profile(d: dict) -> str:
+    """The profile, with the training precision when it is not fp32 (e.g. ``cpu, bf16``)."""
+    precision = d.get("precision", "fp32")
+    return d["profile"] if precision == "fp32" else f"{d['profile']}, {precision}"
+
+
 def _lead(d: dict) -> list[str]:
-    """dataset, method, profile."""
-    return [d["dataset"], d.get("method_label", d["method"]), d["profile"]]
+    """dataset, method, profile (with precision)."""
+    return [d["dataset"], d.get("method_label", d["method"]), _profile(d)]
 
 
 def _subjects(d: dict) -> str:

@@ -43,3 +43,24 @@ def test_models_section_writes_rows(tmp_path):
 def test_unknown_section_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown sections"):
         bench.main(sections="speed", out=str(tmp_path / "B.md"))
+
+
+def test_precision_section_says_when_the_cpu_has_no_native_bf16(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "cpu_has_fast_bf16", lambda: False)
+    out = tmp_path / "B.md"
+    bench.main(sections="precision", out=str(out), merge=False)
+    assert "Not measured: this CPU has no native bf16" in out.read_text()
+
+
+def test_precision_rows_and_merge_keep_other_sections_with_their_stamp(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,mae/val,train/nonfinite_steps,time/elapsed_s\n0,9.0,0,10\n1,7.5,2,20\n2,8.0,1,30\n")
+    summary = bench._run_summary(run)
+    assert (summary["best_val"], summary["best_epoch"], summary["nonfinite_steps"], summary["s_per_epoch"]) == (7.5, 1, 3, 10)
+    out = tmp_path / "B.md"
+    bench.main(sections="mainjob", out=str(out))
+    bench.main(sections="precision", out=str(out), precision_methods="")  # no methods: an empty table
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert "mainjob" in report and set(report["measured"]) >= {"mainjob", "precision"}
+    assert out.read_text().count("_Measured ") == 2

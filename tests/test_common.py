@@ -18,16 +18,6 @@ def test_select_device_cpu_and_errors(monkeypatch):
         device_mod.select_device("cuda")
 
 
-def test_autocast_dtype_follows_hardware(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: False)
-    assert device_mod.autocast_dtype(cpu) is None, "no bf16 autocast on CPUs that emulate it"
-    monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: True)
-    assert device_mod.autocast_dtype(cpu) == torch.bfloat16
-    assert device_mod.autocast_dtype(cpu, enabled=False) is None
-    assert device_mod.autocast_dtype(torch.device("cuda")) == torch.float16
-
-
 def test_torchvision_models_import():
     """The set-up's torchvision hook (or a matching build) makes the pure-Python models usable."""
     import torchvision

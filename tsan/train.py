@@ -56,7 +56,7 @@ PROFILES = {
     "paper": dict(registration="ants_syn_mni", use_dataset_mask=True, downsample=1, nb_filter=8, nb_block=5,
                   batch_size=32, stage2_batch_size=8, epochs=150, stage2_epochs=150, lr=1e-3, stage2_lr=1e-5,
                   weight_decay=5e-4, lbd=10.0, beta=1.0, dis_range=5.0, lr_patience=5, lr_factor=0.5,
-                  early_stopping=20, grad_clip=None, amp=False, precise_bn=False, oof_folds=5, **_SOURCE_SORTER),
+                  early_stopping=20, grad_clip=None, amp_dtype="fp32", precise_bn=False, oof_folds=5, **_SOURCE_SORTER),
 }
 PROFILES["cpu"] = dict(PROFILES["paper"], registration="ants_affine_mni", downsample=2, nb_filter=4, batch_size=8,
                        epochs=12, stage2_epochs=6, oof_folds=2, sorter_hidden=128, sorter_steps=600, sorter_lr_step=300,
@@ -150,7 +150,8 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
                       epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                       lbd: float | None = None, nb_filter: int | None = None, nb_block: int | None = None,
                       downsample: int | None = None,
-                      registration: str | None = None, use_dataset_mask: bool | None = None, seed: int = 42,
+                      registration: str | None = None, use_dataset_mask: bool | None = None,
+                      amp_dtype: str | None = None, seed: int = 42,
                       device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
                       results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
                       resume: bool = False, publish: bool = True) -> str:
@@ -167,6 +168,8 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
             resample to 2 mm and pad/crop to 91x109x91, for data already in MNI space and for tests).
         use_dataset_mask: skull-strip with the dataset's brain mask (IXI-HH DLMUSE labels, ds000228
             analysis masks) before registration; False: the template brain mask after registration.
+        amp_dtype: training precision: ``fp32`` (both profiles; the source trains in fp32), ``bf16``
+            (autocast; fast only on CPUs with native bf16 or on GPUs) or ``fp16`` (CUDA only).
         seed: random seed.
         device: ``auto``, ``cpu``, ``cuda``...
         run_name: run folder name.
@@ -182,7 +185,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
     profile = profile or default_profile()
     hp = resolve_profile(PROFILES, profile, dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lbd=lbd, nb_filter=nb_filter, nb_block=nb_block, downsample=downsample,
-        registration=registration, use_dataset_mask=use_dataset_mask))
+        registration=registration, use_dataset_mask=use_dataset_mask, amp_dtype=amp_dtype))
     if resume and not run_name:
         raise ValueError("--resume needs --run_name of the run to continue")
     run_dir, frame, fit, t0 = train_stage1_alive(
@@ -271,7 +274,8 @@ def write_registration_qc(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
 def train_second_stage(first_stage: str, variant: str = "faithful", profile: str | None = None,
                        data_root: str | None = None, epochs: int | None = None, batch_size: int | None = None,
                        lr: float | None = None, lbd: float | None = None, dis_range: float | None = None,
-                       seed: int = 42, device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
+                       amp_dtype: str | None = None, seed: int = 42, device: str = "auto",
+                       run_name: str | None = None, runs_dir: str = "runs",
                        results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
                        resume: bool = False, publish: bool = True) -> str:
     """Stage 2: the residual network on top of the frozen stage 1 (discretised age ``d`` as input),
@@ -286,6 +290,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
         profile: ``paper`` or ``cpu``; must match the stage-1 run's preprocessing.
         data_root: data folder.
         epochs, batch_size, lr, lbd, dis_range: override the profile's stage-2 settings.
+        amp_dtype: training precision (``fp32``, ``bf16`` or ``fp16``; as stage 1).
         seed, device, run_name, runs_dir, results_dir, cache_dir, max_per_split, resume: as stage 1.
         publish: write ``results/tsan_stage2[_normd|_oof]__<dataset>.json``.
 
@@ -305,7 +310,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
     hp = resolve_profile(PROFILES, profile, {})
     hp.update({k: first_cfg[k] for k in ("registration", "use_dataset_mask", "downsample", "nb_filter", "nb_block")})
     hp.update({k: v for k, v in {"stage2_epochs": epochs, "stage2_batch_size": batch_size, "stage2_lr": lr, "lbd": lbd,
-                                 "dis_range": dis_range}.items() if v is not None})
+                                 "dis_range": dis_range, "amp_dtype": amp_dtype}.items() if v is not None})
     loss, sorter_report = _loss(hp, hp["stage2_batch_size"], cache_dir, 0)
     method = VARIANTS[variant]
 

@@ -37,7 +37,7 @@ SOURCE_REPORTED = {"dataset": "OASIS-2 (ages 60-96), best validation epoch", "ma
 PROFILES = {
     "paper": dict(image_size=64, spacing_mm=4.0, epochs=50, batch_size=8, lr=1e-3, weight_decay=0.05,
                   warmup_epochs=3, plateau_factor=0.5, plateau_patience=5, min_lr=1e-6, early_stopping=10,
-                  grad_clip=1.0, amp=True, precise_bn=False),
+                  grad_clip=1.0, amp_dtype="fp32", precise_bn=False),
 }
 PROFILES["cpu"] = dict(PROFILES["paper"], image_size=32, spacing_mm=8.0, epochs=10)
 
@@ -85,7 +85,8 @@ def model_from_checkpoint(ckpt: dict) -> DenormalisedAge:
 
 
 def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | None = None,
-          epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 42,
+          epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+          amp_dtype: str | None = None, seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs", results_dir: str = "results",
           cache_dir: str = ".cache", max_per_split: int | None = None, resume: bool = False,
           publish: bool = True) -> str:
@@ -99,6 +100,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         epochs: override the maximum number of epochs.
         batch_size: override the batch size (8).
         lr: override the AdamW learning rate (1e-3).
+        amp_dtype: training precision, ``fp32`` (both profiles: the tutorial trains in fp32), ``bf16``
+            (autocast; fast only on CPUs with native bf16 or on GPUs) or ``fp16`` (CUDA only).
         seed: random seed.
         device: ``auto``, ``cpu``, ``cuda``...
         run_name: run folder name.
@@ -114,7 +117,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = profile or default_profile()
-    hp = resolve_profile(PROFILES, profile, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
+    hp = resolve_profile(PROFILES, profile, {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                                  "amp_dtype": amp_dtype})
     spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3,
                       intensity="zscore_volume_clip3", pipeline="nilearn_centered")
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from baselines.vgg16_svr.features import FeatureCache, VGG16Features
 from common.brain_age import publish_brain_age_result, report_brain_age
 from common.data.checks import BadImageError
-from common.device import configure_cpu_threads, default_profile
+from common.device import configure_numerics, default_profile
 from common.experiment import default_run_name, labelled_split_frame, resolve_profile
 from common.runlog import RunLogger, environment_info, git_commit
 
@@ -107,7 +107,7 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
-    configure_cpu_threads()
+    configure_numerics(torch.device("cpu"), "fp32")
     profile = profile or default_profile()
     hp = resolve_profile(PROFILES, profile, {"keep_triplets": keep_triplets})
     extractor = VGG16Features(weights, seed=seed)
