@@ -4,7 +4,7 @@
 #   bash alz_cnn/compare_transfer.sh
 #   MODELS=altzcnn,resnet18 bash alz_cnn/compare_transfer.sh
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 # Environment: MODELS (all), PROFILE, SEED, RUN_NAME, DATA_ROOT.
 source scripts/method_args.sh
 run_cli alz_cnn.train compare alzheimer4 ${MODELS:+--models="$MODELS"} "$@"

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import fire
 import numpy as np
 import pandas as pd
 import torch
@@ -32,9 +31,10 @@ from alz_cnn.data import AlzheimerSlices, cached_images, load_alzheimer4, source
 from alz_cnn.model import AltzCNN, build_transfer_model, count_parameters, model_size_mb
 from alz_cnn.near_duplicates import DEFAULT_THRESHOLD, DEFAULT_THUMBNAIL, find_near_duplicates, near_duplicate_figure
 from common.classification import publish_classification_result, report_classification
+from common.cli import run as run_cli
 from common.device import configure_numerics, default_profile, select_device
 from common.distributed import main_process_first
-from common.experiment import default_run_name, resolve_profile
+from common.experiment import default_run_name, publication, resolve_profile
 from common.io import write_csv, write_json
 from common.metrics import classification_metrics
 from common.paths import find_data_root
@@ -186,9 +186,10 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
     if model not in MODELS:
         raise KeyError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
     profile = profile or default_profile()
-    hp = resolve_profile(HYPERPARAMETERS[model], profile, {
-        "epochs": epochs, "lr": lr, "batch_size": batch_size, "image_size": image_size,
-        "max_train_images": max_train_images})
+    overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "image_size": image_size,
+                 "max_train_images": max_train_images}
+    hp = resolve_profile(HYPERPARAMETERS[model], profile, overrides)
+    publish = publication(publish, results_dir, HYPERPARAMETERS[model], profile, overrides)
     dev = select_device(device)
     configure_numerics(dev, "fp32")  # no autocast in this method: fp32 on every device
     method = method_name(model)
@@ -223,7 +224,7 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
                     run_dir, logger, meta, resume=resume, selection=VAL_ACCURACY)
     logger.close()
     training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{MODELS[model].label} ({profile})",
-                    metric="acc/val")
+                    metric="acc/val", loss_label="cross-entropy (nats)", best_epoch=fit["best_epoch"])
     usage = {"train_seconds": fit["train_seconds"], "peak_memory_mb": peak_memory_mb(dev),
              "best_epoch": fit["best_epoch"], "best_val_accuracy": fit["best_val"]}
     write_json(run_dir / "usage.json", usage)
@@ -424,4 +425,4 @@ def _leakage_summary(leak: pd.DataFrame) -> str:
 CLI = {"train": train, "test": evaluate, "compare": compare, "summarize": summarize}
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="alz_cnn.train")

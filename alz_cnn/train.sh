@@ -5,7 +5,7 @@
 #   MODEL=resnet50_dora bash alz_cnn/train.sh           # a transfer model (from scratch here)
 #   MODEL=resnet50 WEIGHTS=IMAGENET1K_V1 bash alz_cnn/train.sh
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 # Environment: MODEL (altzcnn), WEIGHTS (none), PROFILE, SEED, RUN_NAME, DATA_ROOT.
 source scripts/method_args.sh
 run_cli alz_cnn.train train alzheimer4 --model="${MODEL:-altzcnn}" --weights="${WEIGHTS:-none}" "$@"

@@ -19,7 +19,6 @@ import logging
 import time
 from pathlib import Path
 
-import fire
 import numpy as np
 import pandas as pd
 import torch
@@ -28,7 +27,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from common.brain_age import publish_brain_age_result, report_brain_age
-from common.experiment import labelled_split_frame
+from common.cli import run as run_cli
+from common.experiment import labelled_split_frame, publication
 from common.io import write_json
 from common.paths import find_data_root
 from common.runlog import environment_info, git_commit
@@ -45,6 +45,7 @@ def _finish(method: str, label: str, source: str, frame: pd.DataFrame, pred: np.
     rows = frame["split"].isin(["val", "test"]).to_numpy()
     report, _ = report_brain_age(frame[rows].reset_index(drop=True), pred[rows], run_dir,
                                  f"{method} on {dataset}", train_mean_age=train_mean)
+    publication(True, results_dir, {"any": {}}, "any", {})  # refuses a dirty tree for the repository's results/
     path = publish_brain_age_result(results_dir, frame, report, method=method, method_label=label, source=source,
                              dataset=dataset, profile="any", source_reported=None, parameters=params,
                              n_parameters=n_parameters, wall_time_s=time.time() - t0,
@@ -119,4 +120,4 @@ def roi_ridge(dataset: str = "ixi_hh", data_root: str | None = None, results_dir
 CLI = {"mean_age": mean_age, "roi_ridge": roi_ridge}
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="baselines.reference")

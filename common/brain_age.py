@@ -23,7 +23,7 @@ from common.device import autocast_dtype, configure_numerics, precision_of_run, 
 from common.experiment import default_run_name, labelled_split_frame
 from common.io import save_torch, write_json
 from common.metrics import BiasCorrection, brain_age_report
-from common.plots import scatter_predicted_vs_age, training_curves
+from common.plots import gap_vs_age, scatter_predicted_vs_age, training_curves
 from common.results import brain_age_predictions, split_counts, write_predictions, write_result
 from common.runlog import RunLogger, environment_info, git_commit
 from common.training import VAL_MAE, FitConfig, Selection, fit_model, load_checkpoint, predict
@@ -69,6 +69,8 @@ def report_brain_age(frame: pd.DataFrame, predicted_age: np.ndarray, run_dir: st
                              f"{title}\nMAE {report['raw']['mae']:.2f} y, r {report['raw']['pearson_r']:.2f} "
                              f"(corrected MAE {report['corrected']['mae']:.2f})",
                              corrected=correction.apply(pred[is_test]))
+    gap_vs_age(test["age"].to_numpy(float), pred[is_test], run_dir / "gap_vs_age_test.png", title,
+               corrected=correction.apply(pred[is_test]))
     log.info("test MAE %.2f (mean predictor %.2f), r %.3f; corrected MAE %.2f", report["raw"]["mae"],
              report["mean_predictor_mae"], report["raw"]["pearson_r"], report["corrected"]["mae"])
     return report, correction
@@ -132,6 +134,13 @@ def apply_exclusion(frame: pd.DataFrame, rule: RowExclusion | None, exclusions, 
     for row in frame[drop].itertuples():
         exclusions.add(row.dataset, row.image_path, reason, stage)
     return frame[~drop].reset_index(drop=True)
+
+
+def _loss_label(loss_fn) -> str:
+    """Axis label naming a brain-age loss and its unit."""
+    name = type(loss_fn).__name__
+    return {"HuberLoss": "Huber loss (years)", "MSELoss": "MSE (years²)", "L1Loss": "L1 loss (years)",
+            "ZScoredMSE": "MSE of z-scored age", "TSANLoss": "MSE + λ·ranking (years², mixed)"}.get(name, name)
 
 
 def usable_frame(dataset: str, data_root: str | None, results_dir: str | Path, max_per_split: int | None,
@@ -207,6 +216,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
               "max_per_split": max_per_split, "preprocess": spec.to_dict(),
               "n_images": {s: int((frame["split"] == s).sum()) for s in ("train", "val", "test")}}
     logger = RunLogger(run_dir, config, dev, resume=resume)
+    log.info("run %s: %s on %s, profile %s, precision %s on %s; %d train / %d val subjects", run_dir, method, dataset,
+             profile, precision, numerics["cpu_model"] if dev.type == "cpu" else dev, len(train_frame), len(val_frame))
     torch.manual_seed(seed)
     setup = build(train_frame)
     setup.model.to(dev)
@@ -225,7 +236,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
         selection=selection)
     logger.close()
     training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{method} on {dataset} ({profile})",
-                    metric=selection.name)
+                    metric=selection.name, loss_label=_loss_label(setup.loss_fn), best_epoch=fit["best_epoch"])
     log.info("training done: best %s %.3f at epoch %d (%.0f s)", selection.name, fit["best_val"], fit["best_epoch"],
              fit["train_seconds"])
     return run_dir, frame, fit, t_start

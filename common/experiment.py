@@ -81,3 +81,40 @@ def int_tuple(value: object) -> tuple[int, ...]:
         return tuple(int(str(v).strip()) for v in items if str(v).strip() != "")
     except ValueError:
         raise ValueError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def publication(publish: bool, results_dir: str | Path, profiles: dict[str, dict], profile: str, overrides: dict,
+                max_per_split: int | None = None) -> bool:
+    """Whether a run may write its result file, decided before any work.
+
+    Only the repository's own ``results/`` is guarded (another ``--results_dir`` takes anything):
+
+    - a smoke run (``--max_per_split``, or fewer epochs than its profile) is not published there:
+      returns False, with a log line;
+    - a run whose settings differ from its profile, or a run of a tree with uncommitted changes,
+      is refused: its row would stand in the leaderboard as the profile's result.
+
+    Raises:
+        ValueError: a refused publication (the message says what to do instead).
+    """
+    from common.paths import REPO_ROOT
+    from common.runlog import git_commit
+
+    if not publish or Path(results_dir).resolve() != (REPO_ROOT / "results").resolve():
+        return publish
+    base = profiles[profile]
+    fewer_epochs = [k for k in ("epochs", "stage2_epochs") if overrides.get(k) is not None and k in base
+                    and overrides[k] < base[k]]
+    if max_per_split or fewer_epochs:
+        why = f"--max_per_split={max_per_split}" if max_per_split else f"fewer epochs than the {profile} profile"
+        log.warning("smoke run (%s): results/ is not written (pass --results_dir=DIR to keep its result)", why)
+        return False
+    changed = {k: v for k, v in overrides.items() if v is not None and k in base and v != base[k]}
+    if changed:
+        listed = ", ".join(f"--{k}={v} (profile: {base[k]})" for k, v in changed.items())
+        raise ValueError(f"{listed} differ from the {profile} profile, so this run is a variant and does not replace "
+                         "the profile's row in results/; pass --results_dir=DIR (or --publish=False)")
+    if git_commit().endswith("-dirty"):
+        raise ValueError("the working tree has uncommitted changes; results/ only takes results of committed code. "
+                         "Commit first, or pass --results_dir=DIR (or --publish=False)")
+    return publish

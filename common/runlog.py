@@ -1,4 +1,4 @@
-"""Run folders: ``config.json``, ``metrics.csv`` (one row per epoch) and TensorBoard events.
+"""Run folders: ``config.json``, ``metrics.csv`` (one row per epoch), ``train.log`` and TensorBoard events.
 
 Layout: ``runs/<method>/<dataset>/<run_name>/`` (DESIGN.md "Runs and results").
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import logging
 import platform
 import subprocess
 import sys
@@ -34,6 +35,15 @@ def git_commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar only when stderr is a terminal on the main process, so that log files
+    hold log lines, not cursor codes (the epoch summaries are logged instead)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", not (sys.stderr.isatty() and is_main_process()))
+    return tqdm(iterable, **kwargs)
 
 
 def environment_info(device: torch.device) -> dict:
@@ -84,6 +94,11 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", self.config)
+        self.log_handler = logging.FileHandler(self.run_dir / "train.log")  # every log line of the run
+        self.log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(self.log_handler)
+        if logging.getLogger().level > logging.INFO:
+            logging.getLogger().setLevel(logging.INFO)
         if not resume and self.metrics_path.exists():
             self.metrics_path.unlink()
         self.writer = SummaryWriter(log_dir=str(self.run_dir))
@@ -124,6 +139,17 @@ class RunLogger:
             self.writer.add_scalar(name, value, epoch)
         self.writer.flush()
 
+    def log_hparams(self, metrics: dict[str, float]) -> None:
+        """The run's scalar settings with its final ``metrics`` in TensorBoard's HPARAMS tab."""
+        if not self.active:
+            return
+        hparams = {k: v for k, v in self.config.items() if isinstance(v, (int, float, str, bool)) and k not in
+                   ("run_dir", "data_root", "results_dir", "cache_dir", "git_commit")}
+        self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in metrics.items()}, run_name="hparams")
+        self.writer.flush()
+
     def close(self) -> None:
         if self.active:
             self.writer.close()
+            logging.getLogger().removeHandler(self.log_handler)
+            self.log_handler.close()

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from common import distributed
 from common.device import seed_everything
 from common.io import save_torch
-from common.runlog import RunLogger
+from common.runlog import RunLogger, progress
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +238,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, opt
     usual, and is not counted.
 
     Returns:
-        ``{"loss": mean finite loss, "max_grad_norm", "nonfinite_steps": skipped in this epoch}``.
+        ``{"loss": mean finite loss, "max_grad_norm", "nonfinite_steps": skipped in this epoch,
+        "train_metric": MAE in years (regressors) or accuracy (classifiers) of the training batches,
+        in train mode with augmentation}``.
 
     Raises:
         NonFiniteTrainingError: ``guard``'s limit of consecutive skipped steps was reached.
@@ -247,8 +248,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, opt
     model.train()
     guard = guard or NonFiniteGuard(cfg.max_nonfinite_steps)
     skipped_before = guard.total
-    total, count, max_grad = 0.0, 0, 0.0
-    for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=not distributed.is_main_process()):
+    total, count, max_grad, err_sum = 0.0, 0, 0.0, 0.0
+    for batch in progress(loader, desc=desc, leave=False, unit="batch"):
         x, y = _to_device(batch, device, cfg.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast_context(device, cfg.amp_dtype):
@@ -273,12 +274,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, opt
             max_grad = max(max_grad, float(norm))
         total += loss.item() * len(y)
         count += len(y)
+        with torch.no_grad():
+            out = pred.detach().float()
+            if out.ndim == y.ndim:  # regression: absolute error in years
+                err_sum += float((out - y.float()).abs().sum())
+            else:  # classification: correct predictions
+                err_sum += float((out.argmax(1) == y).sum())
     if distributed.is_distributed():  # mean over every process's samples
-        sums = torch.tensor([total, count], dtype=torch.float64, device=distributed.reduce_device())
+        sums = torch.tensor([total, count, err_sum], dtype=torch.float64, device=distributed.reduce_device())
         torch.distributed.all_reduce(sums)
-        total, count = sums.tolist()
+        total, count, err_sum = sums.tolist()
     return {"loss": total / count if count else math.nan, "max_grad_norm": max_grad,
-            "nonfinite_steps": guard.total - skipped_before}
+            "nonfinite_steps": guard.total - skipped_before, "train_metric": err_sum / count if count else math.nan}
 
 
 @torch.no_grad()
@@ -480,8 +487,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
     epoch = start_epoch - 1
     guard = NonFiniteGuard(cfg.max_nonfinite_steps)
     guard.total = resumed_nonfinite
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs,
-               disable=not main)
+    bar = progress(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)
     for epoch in bar:
         seed_everything(cfg.seed + epoch)
         if getattr(train_loader, "generator", None) is not None:
@@ -517,8 +523,14 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
             stale += 1
         logger.log_epoch(epoch, {"loss/train": tr["loss"], "loss/val": val_loss, selection.name: score,
                                  "opt/lr": lr, "opt/max_grad_norm": tr["max_grad_norm"],
-                                 "train/nonfinite_steps": tr["nonfinite_steps"], "time/elapsed_s": time.time() - t0})
+                                 "train/nonfinite_steps": tr["nonfinite_steps"],
+                                 "acc/train" if selection.mode == "max" else "mae/train": tr["train_metric"],
+                                 "time/elapsed_s": time.time() - t0})
         bar.set_postfix(train_loss=f"{tr['loss']:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")
+        if main:
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, %s %.3f (best %.3f at epoch %d), lr %.2e, %.0f s%s",
+                     epoch + 1, cfg.epochs, tr["loss"], val_loss, selection.name, score, best_score, best_epoch, lr,
+                     time.time() - t0, f", {tr['nonfinite_steps']} steps skipped" if tr["nonfinite_steps"] else "")
         state = {
             **checkpoint_meta, "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
             "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
@@ -535,6 +547,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
             log.info("early stopping at epoch %d (no improvement for %d epochs)", epoch, stale)
             break
     distributed.release_workers()
+    logger.log_hparams({f"best_{selection.name.replace('/', '_')}": best_score, "best_epoch": best_epoch})
     if best_epoch < 0 and epoch >= start_epoch:
         raise NonFiniteTrainingError(f"no epoch of {run_dir} gave finite validation predictions; no best.pt was written")
     return {"best_epoch": best_epoch, "best_val": best_score, "selection": selection.name, "epochs_run": epoch + 1,

@@ -15,11 +15,11 @@ import logging
 import time
 from pathlib import Path
 
-import fire
 import numpy as np
 import pandas as pd
 
 from common.classification import publish_classification_result
+from common.cli import run as run_cli
 from common.data.sources import load_dataset
 from common.metrics import classification_metrics
 from common.paths import find_data_root
@@ -92,4 +92,4 @@ def main(source_method: str = "resnet3d", dataset: str = "ds000228", results_dir
 CLI = main
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="midslice_classifier.from_brain_age")

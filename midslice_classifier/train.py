@@ -14,7 +14,6 @@ import logging
 import time
 from pathlib import Path
 
-import fire
 import numpy as np
 import pandas as pd
 import torch
@@ -22,10 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from common.classification import publish_classification_result, report_classification
+from common.cli import declare_profiles
+from common.cli import run as run_cli
 from common.data.checks import BadImageError
 from common.device import configure_numerics, default_profile, select_device
 from common.distributed import main_process_first
-from common.experiment import default_run_name, labelled_split_frame, resolve_profile
+from common.experiment import default_run_name, labelled_split_frame, publication, resolve_profile
 from common.plots import training_curves
 from common.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from common.results import split_counts
@@ -175,8 +176,9 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
     profile = profile or default_profile()
-    hp = resolve_profile(PROFILES, profile, {"epochs": epochs, "lr": lr, "image_size": image_size,
-                                             "precise_bn": precise_bn})
+    overrides = {"epochs": epochs, "lr": lr, "image_size": image_size, "precise_bn": precise_bn}
+    hp = resolve_profile(PROFILES, profile, overrides)
+    publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     dev = select_device(device)
     configure_numerics(dev, "fp32")  # no autocast in this method: fp32 on every device
     run_name = run_name or default_run_name(profile)
@@ -214,7 +216,7 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
                     resume=resume, selection=VAL_ACCURACY, bn_loader=DataLoader(data["train_plain"], batch_size=batch))
     logger.close()
     training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{method} ({profile})",
-                    metric="acc/val")
+                    metric="acc/val", loss_label="cross-entropy (nats)", best_epoch=fit["best_epoch"])
     evaluate(str(run_dir), publish=publish, _state=(frame, images, hp, fit, t0))
     return str(run_dir)
 
@@ -268,8 +270,11 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
     return metrics
 
 
+declare_profiles(train, PROFILES)  # shown by --help
+
+
 #: The command-line interface (fire).
 CLI = {"train": train, "test": evaluate}
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="midslice_classifier.train")

@@ -5,7 +5,7 @@
 #   WEIGHTS=IMAGENET1K_V1 bash midslice_classifier/train.sh
 #   WEIGHTS=runs/alz_cnn/.../best.pt bash midslice_classifier/train.sh
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 # Environment: DATASET (ds000228), WEIGHTS (none), PROFILE, SEED, RUN_NAME, DATA_ROOT.
 source scripts/method_args.sh
 run_cli midslice_classifier.train train ds000228 --weights="${WEIGHTS:-none}" "$@"

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import fire
 import numpy as np
 import pandas as pd
 
 from common.brain_age import volume_loader
+from common.cli import run as run_cli
 from common.data.manifest import Exclusions, make_manifest, parse_age, parse_sex
 from common.data.preprocess import VolumeSpec, prepare_volumes
 from common.device import select_device
@@ -119,4 +119,4 @@ def main(checkpoint: str, inputs: str, output_dir: str = "predictions", cache_di
 CLI = main
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="resnet3d.predict")

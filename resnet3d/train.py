@@ -13,14 +13,15 @@ import functools
 import logging
 import time
 
-import fire
 import torch
 from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
 
 from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
+from common.cli import declare_profiles
+from common.cli import run as run_cli
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
-from common.experiment import int_tuple, resolve_profile
+from common.experiment import int_tuple, publication, resolve_profile
 from resnet3d.model import BrainAgeResNet3D
 
 log = logging.getLogger("resnet3d")
@@ -120,11 +121,13 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = profile or default_profile()
-    hp = resolve_profile(PROFILES, profile, dict(
+    overrides = dict(
         image_size=image_size, spacing_mm=spacing_mm, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr, huber_delta=huber_delta,
         dropout=dropout, grad_clip=grad_clip, amp_dtype=amp_dtype, init_bias_to_mean=init_bias_to_mean,
-        precise_bn=precise_bn, flip_axes=flip_axes))
+        precise_bn=precise_bn, flip_axes=flip_axes)
+    hp = resolve_profile(PROFILES, profile, overrides)
+    publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     hp["flip_axes"] = ",".join(str(a) for a in int_tuple(hp["flip_axes"]))
     hp["widths"] = list(int_tuple(widths))
     spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3)
@@ -177,8 +180,11 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     return report
 
 
+declare_profiles(train, PROFILES)  # shown by --help
+
+
 #: The command-line interface (fire).
 CLI = {"train": train, "test": evaluate}
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="resnet3d.train")

@@ -4,7 +4,7 @@
 #   bash resnet3d/train.sh
 #   DATASET=ds000228 PROFILE=paper bash resnet3d/train.sh --epochs=50
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 # PROFILE: paper (source: 96^3 @ 2 mm, batch 2, AdamW 1e-5, 100 epochs) | cpu; also DATASET, SEED, RUN_NAME, DATA_ROOT
 source scripts/method_args.sh
 run_cli resnet3d.train train ixi_hh "$@"

@@ -40,11 +40,11 @@ from queue import Empty
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import fire  # noqa: E402
 import torch  # noqa: E402
 
 import common  # noqa: E402,F401  (first: pins the CPU code paths, common/numerics.py)
 from common import numerics  # noqa: E402
+from common.cli import run as run_cli  # noqa: E402
 from common.data.datasets import VolumeDataset  # noqa: E402
 from common.data.manifest import Exclusions  # noqa: E402
 from common.data.preprocess import VolumeSpec, prepare_volumes, preprocess_volume  # noqa: E402
@@ -324,16 +324,7 @@ def bench_precision(methods: tuple[str, ...], dataset: str, data_root: str | Non
     return {"dataset": dataset, "rows": rows}
 
 
-#: Result-file prefixes of each main-job method (``scripts/reproduce.sh`` names).
-MAINJOB_METHODS = {
-    "reference": ("mean_age__", "roi_ridge__"), "resnet3d": ("resnet3d__",), "oasis_resblock": ("oasis_resblock__",),
-    "vgg16_svr": ("vgg16_svr_",), "midslice_classifier": ("midslice_resnet18__",), "alz_cnn": ("alz_",),
-    "tsan": ("tsan_stage1__", "tsan_stage2__"),  # the non-default stage-2 variants are not in the main job
-}
-
-
-#: Methods whose result files of one dataset come from one process (each file carries its total time).
-ONE_RUN_PER_DATASET = {"vgg16_svr"}
+from scripts.mainjob import MAINJOB_METHODS, ONE_RUN_PER_DATASET  # noqa: E402
 
 
 def mainjob_minutes(rows: list[dict]) -> dict[str, float]:
@@ -530,4 +521,4 @@ def main(sections: str = "preprocess,loading,models,mainjob", repeats: int = 3, 
 CLI = main
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run_cli(main, name="scripts/bench.py")

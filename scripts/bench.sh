@@ -4,7 +4,6 @@
 #   bash scripts/bench.sh
 #   bash scripts/bench.sh --sections=models --models=resnet3d --repeats=5
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/setup_env.sh
-for a in "$@"; do [[ "$a" == "--help" || "$a" == "-h" ]] && exec python scripts/bench.py -- --help; done
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+help_requested "$@" && exec python scripts/bench.py -- --help
 exec python scripts/bench.py "$@"

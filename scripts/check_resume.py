@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import fire
 import torch
+
+from common.cli import run as run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,4 +121,4 @@ def main(module: str, args: str = "", kill_after: int = 1, keep: bool = False) -
 CLI = main
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="scripts/check_resume.py")

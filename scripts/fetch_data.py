@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import fire
+from common.cli import run as run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ if __name__ == "__main__":
     # `from` is a Python keyword, so `--from=DIR` / `--from DIR` is passed on as `--from_dir`.
     sys.argv = [("--from_dir" + a[len("--from"):]) if a == "--from" or a.startswith("--from=") else a for a in sys.argv]
     try:
-        fire.Fire(CLI)
+        run_cli(CLI, name="scripts/fetch_data.py")
     except FetchError as err:
         print(f"fetch_data: {err}", file=sys.stderr)
         sys.exit(1)

@@ -13,10 +13,9 @@ import math
 import sys
 from pathlib import Path
 
-import fire
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import run as run_cli  # noqa: E402
 from common.io import write_text  # noqa: E402
 
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
@@ -194,4 +193,4 @@ def main(results_dir: str = "results", readme: str = "README.md", method_readmes
 CLI = main
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="scripts/make_leaderboard.py")

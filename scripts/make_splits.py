@@ -12,10 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-import fire
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import run as run_cli  # noqa: E402
 from common.data.manifest import subjects_table  # noqa: E402
 from common.data.sources import load_dataset  # noqa: E402
 from common.io import write_text  # noqa: E402
@@ -63,4 +62,4 @@ def main(datasets: str = "ixi_hh,ds000228", data_root: str | None = None, seed: 
 CLI = main
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="scripts/make_splits.py")

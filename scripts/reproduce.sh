@@ -13,8 +13,14 @@
 # PROFILE   paper | cpu   (default: paper with a CUDA GPU, else cpu)
 # DATA_ROOT data folder   (default: ../shared/data, else data/)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/setup_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+if help_requested "$@"; then  # the usage above, and nothing else
+  echo "NAME"
+  sed -n '2,/^set -euo/p' scripts/reproduce.sh | sed '$d' | sed 's/^# \{0,1\}/    /'
+  echo "FLAGS"; echo "    none: the job is set with the environment variables above"
+  exit 0
+fi
+if (( $# )); then echo "error: scripts/reproduce.sh takes no arguments, only environment variables (see --help)" >&2; exit 2; fi
 
 if [[ -z "${DATA_ROOT:-}" ]]; then
   if [[ -d ../shared/data ]]; then DATA_ROOT="$(cd ../shared/data && pwd)";
@@ -45,12 +51,23 @@ declare -A SCRIPT=( [reference]="baselines/reference.sh" [resnet3d]="resnet3d/tr
                     [midslice_classifier]="midslice_classifier/train.sh" [alz_cnn]="alz_cnn/compare_transfer.sh"
                     [tsan]="tsan/train.sh" )
 failed=()
+# The steps the job will run, and their expected time from the last run's result files.
+steps=(); total_eta=0
+for method in $METHODS; do
+  for dataset in $DATASETS; do
+    [[ " ${APPLIES[$method]:-} " == *" $dataset "* ]] || continue
+    steps+=("$method/$dataset"); e=$(python scripts/mainjob.py eta "$method" "$dataset"); [[ "$e" == "?" ]] || total_eta=$((total_eta + e))
+  done
+done
+echo "[reproduce] ${#steps[@]} steps: ${steps[*]}; the last runs took $((total_eta / 60)) min in all"
+step=0; job_start=$SECONDS
 for method in $METHODS; do
   [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS)" >&2; exit 2; }
   for dataset in $DATASETS; do
     [[ " ${APPLIES[$method]} " == *" $dataset "* ]] || continue
     log="$LOG_DIR/${method}__${dataset}.log"
-    echo "[reproduce] $method on $dataset (profile $PROFILE), log: $log"
+    step=$((step + 1)); eta=$(python scripts/mainjob.py eta "$method" "$dataset")
+    echo "[reproduce] $(date -u +%H:%M:%S) step $step/${#steps[@]}: $method on $dataset (profile $PROFILE; last run ${eta} s; $(( (SECONDS - job_start) / 60 )) min elapsed), log: $log"
     start=$SECONDS
     if DATASET="$dataset" PROFILE="$PROFILE" bash "${SCRIPT[$method]}" > "$log" 2>&1; then
       echo "[reproduce] $method on $dataset done in $((SECONDS - start)) s"

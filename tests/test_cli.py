@@ -76,17 +76,124 @@ def test_fetch_data_links_local_copy(tmp_path):
     assert (tmp_path / "data" / "ixi_hh").is_symlink(), "--from DIR works on the command line"
 
 
-@pytest.mark.parametrize("wrapper, flag", [("resnet3d/train.sh", "--image_size"),
-                                           ("baselines/vgg16_svr/train.sh", "--keep_triplets"),
-                                           ("alz_cnn/compare_transfer.sh", "--models"),
-                                           ("tsan/train_first_stage.sh", "--nb_filter"),
-                                           ("tsan/train_second_stage.sh", "--variant")])
-def test_wrapper_help_shows_help_and_never_trains(wrapper, flag, tmp_path):
-    """`bash <method>/train.sh --help` must print the CLI help, not start a run with the defaults."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "RUN_NAME": "must-not-exist", "DATASET": "no_such_dataset"}
-    proc = subprocess.run(["bash", wrapper, "--epochs=1", "--help"], cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=120)
+WRAPPERS = sorted(str(p.relative_to(REPO)) for p in REPO.glob("**/*.sh")
+                  if ".venv" not in p.parts and p.name not in {"env.sh", "setup_env.sh", "method_args.sh", "test.sh"}
+                  or p == REPO / "scripts" / "test.sh")
+
+
+def _tree_state() -> tuple:
+    """What a command must not change: tracked and untracked files, and every file under runs/ and results/."""
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    files = sorted((str(p), p.stat().st_mtime_ns) for d in ("runs", "results") for p in (REPO / d).rglob("*") if p.is_file())
+    return status, files
+
+
+@pytest.mark.parametrize("wrapper", [w for w in WRAPPERS if w != "scripts/test.sh"])
+def test_every_wrapper_help_shows_help_and_changes_nothing(wrapper, tmp_path):
+    """`bash <wrapper> --epochs=1 --help`, from another folder and without an activated venv, prints
+    help, exits 0 and changes no file (no run folder, no result)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "RUN_NAME": "must-not-exist", "DATASET": "no_such_dataset",
+                "PAGER": "cat"})
+    before = _tree_state()
+    proc = subprocess.run(["bash", str(REPO / wrapper), "--epochs=1", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, env=env, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    assert "NAME" in out and ("FLAGS" in out or "POSITIONAL" in out or "COMMANDS" in out), out[-2000:]
+    assert "Traceback" not in out
+    assert _tree_state() == before, "help changed files"
+    assert list(tmp_path.iterdir()) == [], "help wrote into the caller's folder"
+
+
+def test_profile_defaults_are_shown_in_help():
+    env = {**os.environ, "PAGER": "cat"}
+    proc = subprocess.run([sys.executable, "-m", "resnet3d.train", "train", "--help"], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=120)
+    table = proc.stdout.split("PROFILE DEFAULTS", 1)[1]
+    assert "--epochs" in table and "100" in table and "16" in table, table
+
+
+def _checked(module: str, command: list[str], argv: list[str]):
+    import importlib
+
+    from common.cli import _select, check_arguments
+
+    cli = importlib.import_module(module).CLI
+    fn, _, rest = _select(cli, [*command, *argv])
+    return check_arguments(fn, rest, Path("/somewhere"))
+
+
+@pytest.mark.parametrize("module, command", CLIS, ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_every_cli_refuses_unknown_and_short_flags_before_any_work(module, command):
+    from common.cli import UsageError
+
+    with pytest.raises(UsageError, match="unknown flag --no_such_setting"):
+        _checked(module, command, ["--no_such_setting=1"])
+    with pytest.raises(UsageError, match="short flags are not supported"):
+        _checked(module, command, ["-x", "1"])
+
+
+def test_typos_and_wrong_types_name_the_closest_flag():
+    from common.cli import UsageError
+
+    with pytest.raises(UsageError, match=r"unknown flag --epoch; did you mean --epochs\?"):
+        _checked("resnet3d.train", ["train"], ["--epoch=3", "--max_per_split=4"])
+    with pytest.raises(UsageError, match="--epochs takes an integer, not 'three'"):
+        _checked("resnet3d.train", ["train"], ["--epochs=three"])
+    with pytest.raises(UsageError, match="--lr takes a number"):
+        _checked("resnet3d.train", ["train"], ["--lr", "fast"])
+    with pytest.raises(UsageError, match="did you mean 'train'"):
+        _checked("resnet3d.train", ["trian"], [])
+    # accepted: values of the right type, booleans, None, and path flags made absolute against the caller's folder
+    assert _checked("resnet3d.train", ["train"], ["--epochs", "3", "--resume", "--run_name=None", "--runs_dir=r"]) == [
+        "--epochs=3", "--resume", "--run_name=None", "--runs_dir=/somewhere/r"]
+
+
+def test_a_typo_fails_at_once_and_writes_nothing():
+    before = _tree_state()
+    proc = subprocess.run([sys.executable, "-m", "resnet3d.train", "train", "--epoch=3", "--max_per_split=4"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "error: unknown flag --epoch; did you mean --epochs? (see --help)", proc.stderr
+    assert _tree_state() == before
+
+
+def test_expected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "resnet3d.train", "test", f"--run_dir={tmp_path / 'nowhere'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "config.json" in proc.stderr
+    debug = subprocess.run([*cmd, "--debug"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_smoke_runs_variants_and_dirty_trees_never_replace_published_results(monkeypatch, tmp_path):
+    from common import runlog
+    from common.experiment import publication
+    from resnet3d.train import PROFILES
+
+    repo_results = REPO / "results"
+    monkeypatch.setattr(runlog, "git_commit", lambda: "abc")
+    assert publication(True, repo_results, PROFILES, "cpu", {"epochs": None}) is True
+    assert publication(True, repo_results, PROFILES, "cpu", {}, max_per_split=4) is False, "smoke: not published"
+    assert publication(True, repo_results, PROFILES, "cpu", {"epochs": 3}) is False, "fewer epochs: not published"
+    with pytest.raises(ValueError, match=r"--lr=0.1 \(profile: 0.0003\) differ from the cpu profile"):
+        publication(True, repo_results, PROFILES, "cpu", {"lr": 0.1})
+    monkeypatch.setattr(runlog, "git_commit", lambda: "abc-dirty")
+    with pytest.raises(ValueError, match="uncommitted changes"):
+        publication(True, repo_results, PROFILES, "cpu", {})
+    # any other results folder takes anything
+    assert publication(True, tmp_path, PROFILES, "cpu", {"lr": 0.1}, max_per_split=4) is True
+
+
+def test_python_entry_points_work_from_any_folder_with_the_venv_python(tmp_path):
+    """The set-up puts the repository on the venv's import path, so `.venv/bin/python -m ...` needs no
+    activation and no PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    venv_python = REPO / ".venv" / "bin" / "python"
+    if not venv_python.exists():
+        pytest.skip("no .venv here (bash scripts/test.sh creates it)")
+    proc = subprocess.run([str(venv_python), "-m", "resnet3d.predict", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**env, "PAGER": "cat"}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert flag in proc.stdout + proc.stderr
-    assert not list(REPO.glob("runs/*/*/must-not-exist")), "no run folder was created"

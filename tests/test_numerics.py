@@ -120,6 +120,11 @@ def test_same_command_twice_gives_identical_checkpoints_and_result_files(tmp_pat
     assert doc_a["environment"]["cpu"]["deterministic"] is True
     for run in (run_a, run_b):
         assert (pd.read_csv(run / "metrics.csv")["train/nonfinite_steps"] == 0).all()
+    log = (run_a / "train.log").read_text()
+    assert "epoch 1/2: train loss" in log and "epoch 2/2: train loss" in log and "precision fp32" in log
+    assert "\r" not in log and "\x1b" not in log, "no progress-bar control codes in the log file"
+    for plot in ("scatter_test.png", "gap_vs_age_test.png", "training_curves.png"):
+        assert (run_a / plot).stat().st_size > 0, plot
 
 
 def test_bf16_is_an_explicit_option_and_shown_in_the_leaderboard(tmp_path):

@@ -3,7 +3,7 @@
 # writes <run_dir>/residual_sources.json.
 #   bash tsan/analyse_second_stage.sh runs/tsan_stage2/ixi_hh/<run_name>
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-for a in "$@"; do [[ "$a" == "--help" || "$a" == "-h" ]] && exec python -m tsan.train analyse_second_stage -- --help; done
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+help_requested "$@" && exec python -m tsan.train analyse_second_stage -- --help
 [[ $# -ge 1 ]] || { echo "usage: bash tsan/analyse_second_stage.sh RUN_DIR [--device=...]" >&2; exit 2; }
 exec python -m tsan.train analyse_second_stage "$@"

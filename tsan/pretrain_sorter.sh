@@ -5,9 +5,9 @@
 #   bash tsan/pretrain_sorter.sh                # length 8 (cpu profile: both stages use batch 8)
 #   SEQ_LEN=32 PROFILE=paper bash tsan/pretrain_sorter.sh
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 SEQ_LEN="${SEQ_LEN:-8}"
 args=(--seq_len="$SEQ_LEN")
 [[ -n "${PROFILE:-}" ]] && args+=(--profile="$PROFILE")
-for a in "$@"; do [[ "$a" == "--help" || "$a" == "-h" ]] && exec python -m tsan.train pretrain_sorter -- --help; done
+help_requested "$@" && exec python -m tsan.train pretrain_sorter -- --help
 exec python -m tsan.train pretrain_sorter "${args[@]}" "$@"

@@ -21,15 +21,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import fire
 import numpy as np
 import pandas as pd
 import torch
 
 from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age, usable_frame, volume_loader
+from common.cli import declare_profiles
+from common.cli import run as run_cli
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile, select_device
-from common.experiment import default_run_name, resolve_profile
+from common.experiment import default_run_name, publication, resolve_profile
 from common.io import write_csv, write_json
 from common.training import load_checkpoint, predict
 from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense, discretize_age, init_weights
@@ -183,9 +184,11 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = profile or default_profile()
-    hp = resolve_profile(PROFILES, profile, dict(
+    overrides = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lbd=lbd, nb_filter=nb_filter, nb_block=nb_block, downsample=downsample,
-        registration=registration, use_dataset_mask=use_dataset_mask, amp_dtype=amp_dtype))
+        registration=registration, use_dataset_mask=use_dataset_mask, amp_dtype=amp_dtype)
+    hp = resolve_profile(PROFILES, profile, overrides)
+    publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     if resume and not run_name:
         raise ValueError("--resume needs --run_name of the run to continue")
     run_dir, frame, fit, t0 = train_stage1_alive(
@@ -309,8 +312,10 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
     profile = profile or first_cfg["profile"]
     hp = resolve_profile(PROFILES, profile, {})
     hp.update({k: first_cfg[k] for k in ("registration", "use_dataset_mask", "downsample", "nb_filter", "nb_block")})
-    hp.update({k: v for k, v in {"stage2_epochs": epochs, "stage2_batch_size": batch_size, "stage2_lr": lr, "lbd": lbd,
-                                 "dis_range": dis_range, "amp_dtype": amp_dtype}.items() if v is not None})
+    overrides = {"stage2_epochs": epochs, "stage2_batch_size": batch_size, "stage2_lr": lr, "lbd": lbd,
+                 "dis_range": dis_range, "amp_dtype": amp_dtype}
+    publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
+    hp.update({k: v for k, v in overrides.items() if v is not None})
     loss, sorter_report = _loss(hp, hp["stage2_batch_size"], cache_dir, 0)
     method = VARIANTS[variant]
 
@@ -600,10 +605,18 @@ def test_second_stage(run_dir: str, publish: bool = True, device: str = "auto") 
     return _evaluate(run_dir, method, publish, device)
 
 
+declare_profiles(train_first_stage, PROFILES)  # shown by --help
+#: Stage-2 flags and the profile settings they override.
+_STAGE2_FLAGS = {"epochs": "stage2_epochs", "batch_size": "stage2_batch_size", "lr": "stage2_lr", "lbd": "lbd",
+                 "dis_range": "dis_range", "amp_dtype": "amp_dtype"}
+declare_profiles(train_second_stage, {name: {flag: p[key] for flag, key in _STAGE2_FLAGS.items()}
+                                      for name, p in PROFILES.items()})
+
+
 #: The command-line interface (fire).
 CLI = {"pretrain_sorter": pretrain, "train_first_stage": train_first_stage, "train_second_stage": train_second_stage,
        "test_first_stage": test_first_stage, "test_second_stage": test_second_stage,
        "analyse_second_stage": residual_sources}
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="tsan.train")

@@ -4,7 +4,10 @@
 #   DATASET=ds000228 bash tsan/train.sh
 #   VARIANTS="faithful out_of_fold normalized_d" bash tsan/train.sh
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+if help_requested "$@"; then  # both stages' settings; nothing runs
+  python -m tsan.train train_first_stage --help; exec python -m tsan.train train_second_stage --help
+fi
 export DATASET="${DATASET:-ixi_hh}"
 RUN_NAME="${RUN_NAME:-${PROFILE:-auto}-$(date -u +%Y%m%d-%H%M%S)}"
 RUN_NAME="$RUN_NAME" bash tsan/train_first_stage.sh "$@"

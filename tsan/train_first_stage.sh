@@ -5,7 +5,7 @@
 #   bash tsan/train_first_stage.sh
 #   DATASET=ds000228 BATCH_SIZE=8 bash tsan/train_first_stage.sh
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 BATCH_SIZE="${BATCH_SIZE:-}"; LR="${LR:-}"; EPOCHS="${EPOCHS:-}"; LBD="${LBD:-}"
 args=()
 [[ -n "$BATCH_SIZE" ]] && args+=(--batch_size="$BATCH_SIZE")

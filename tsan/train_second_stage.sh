@@ -5,8 +5,8 @@
 #   FIRST_STAGE=runs/tsan_stage1/ixi_hh/<run_name> bash tsan/train_second_stage.sh
 #   bash tsan/train_second_stage.sh             # the latest stage-1 run of $DATASET (default ixi_hh)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-for a in "$@"; do [[ "$a" == "--help" || "$a" == "-h" ]] && exec python -m tsan.train train_second_stage -- --help; done
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+help_requested "$@" && exec python -m tsan.train train_second_stage -- --help
 DATASET="${DATASET:-ixi_hh}"
 FIRST_STAGE="${FIRST_STAGE:-$(ls -td runs/tsan_stage1/"$DATASET"/*/ 2>/dev/null | head -n 1)}"
 [[ -n "$FIRST_STAGE" ]] || { echo "no stage-1 run for $DATASET: run bash tsan/train_first_stage.sh first" >&2; exit 2; }

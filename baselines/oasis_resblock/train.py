@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 import time
 
-import fire
 import torch
 from monai.transforms import Compose, Lambda, RandFlip, RandGaussianNoise, RandScaleIntensity
 from torch import nn
 
 from baselines.oasis_resblock.model import OasisResBlockRegressor
 from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
+from common.cli import declare_profiles
+from common.cli import run as run_cli
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
-from common.experiment import resolve_profile
+from common.experiment import publication, resolve_profile
 from common.training import VAL_MSE, WarmupThenPlateau
 
 log = logging.getLogger("oasis_resblock")
@@ -117,8 +118,9 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = profile or default_profile()
-    hp = resolve_profile(PROFILES, profile, {"epochs": epochs, "batch_size": batch_size, "lr": lr,
-                                                  "amp_dtype": amp_dtype})
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "amp_dtype": amp_dtype}
+    hp = resolve_profile(PROFILES, profile, overrides)
+    publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3,
                       intensity="zscore_volume_clip3", pipeline="nilearn_centered")
 
@@ -167,8 +169,11 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     return report
 
 
+declare_profiles(train, PROFILES)  # shown by --help
+
+
 #: The command-line interface (fire).
 CLI = {"train": train, "test": evaluate}
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="baselines.oasis_resblock.train")

@@ -4,7 +4,7 @@
 #   bash baselines/oasis_resblock/train.sh
 #   DATASET=ds000228 PROFILE=paper bash baselines/oasis_resblock/train.sh --epochs=30
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/env.sh"
 # Environment: DATASET (ixi_hh), PROFILE, SEED, RUN_NAME, DATA_ROOT.
 source scripts/method_args.sh
 run_cli baselines.oasis_resblock.train train ixi_hh "$@"

@@ -16,20 +16,20 @@ import logging
 import time
 from pathlib import Path
 
-import fire
 import numpy as np
 import torch
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
-from tqdm.auto import tqdm
 
 from baselines.vgg16_svr.features import FeatureCache, VGG16Features
 from common.brain_age import publish_brain_age_result, report_brain_age
+from common.cli import declare_profiles
+from common.cli import run as run_cli
 from common.data.checks import BadImageError
 from common.device import configure_numerics, default_profile
-from common.experiment import default_run_name, labelled_split_frame, resolve_profile
-from common.runlog import RunLogger, environment_info, git_commit
+from common.experiment import default_run_name, labelled_split_frame, publication, resolve_profile
+from common.runlog import RunLogger, environment_info, git_commit, progress
 
 log = logging.getLogger("vgg16_svr")
 
@@ -110,13 +110,14 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     configure_numerics(torch.device("cpu"), "fp32")
     profile = profile or default_profile()
     hp = resolve_profile(PROFILES, profile, {"keep_triplets": keep_triplets})
+    publish = publication(publish, results_dir, PROFILES, profile, {"keep_triplets": keep_triplets}, max_per_split)
     extractor = VGG16Features(weights, seed=seed)
     suffix = "_randinit" if weights in ("none", "", None) else ""
     run_dir = Path(runs_dir) / f"vgg16_svr{suffix}" / dataset / (run_name or default_run_name(profile))
     frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
     cache = FeatureCache(cache_dir, extractor, str(weights), hp["keep_triplets"], seed=seed)
     features, keep = [], []
-    for i, row in enumerate(tqdm(list(frame.itertuples()), desc="VGG16 features", unit="scan")):
+    for i, row in enumerate(progress(list(frame.itertuples()), desc="VGG16 features", unit="scan")):
         try:
             features.append(cache.get(row.image_path))
             keep.append(i)
@@ -158,8 +159,11 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     return str(run_dir)
 
 
+declare_profiles(main, PROFILES)  # shown by --help
+
+
 #: The command-line interface (fire).
 CLI = main
 
 if __name__ == "__main__":
-    fire.Fire(CLI)
+    run_cli(CLI, name="baselines.vgg16_svr.train")

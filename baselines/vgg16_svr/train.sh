@@ -4,7 +4,7 @@
 #   bash baselines/vgg16_svr/train.sh                                  # random-init VGG16 (no download here)
 #   WEIGHTS=IMAGENET1K_V1 DATASET=ixi_hh bash baselines/vgg16_svr/train.sh
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/env.sh"
 # Environment: DATASET (ixi_hh), WEIGHTS (none), PROFILE, RUN_NAME, DATA_ROOT.
 source scripts/method_args.sh
 run_cli baselines.vgg16_svr.train "" ixi_hh --weights="${WEIGHTS:-none}" "$@"

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from common.data.checks import BadImageError, load_checked, load_mask
 from common.data.fingerprint import file_digest
 from common.data.manifest import Exclusions
 from common.distributed import main_process_first
 from common.io import atomic_write, write_json
+from common.runlog import progress
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def _prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str |
     if todo:
         workers = workers or min(4, len(os.sched_getaffinity(0)))
         log.info("preprocessing %d volumes (%d cached) with %d workers", len(todo), sum(1 for p in paths if p), workers)
-        bar = tqdm(total=len(todo), desc=f"preprocess {spec.shape}", unit="vol", leave=False)
+        bar = progress(total=len(todo), desc=f"preprocess {spec.shape}", unit="vol", leave=False)
         if workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
                 results = []
