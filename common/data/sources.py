@@ -28,6 +28,9 @@ import pandas as pd
 
 from common.data.manifest import Exclusions, make_manifest, parse_age, parse_sex
 
+#: Why a scan without a label is left out (it is not lost: predict can still take it).
+UNLABELLED = ": left out of training and evaluation (it can still be predicted)"
+
 _IXI_HH_NAME = re.compile(r"^(IXI(\d{3})-([A-Za-z]+)-(\d{4}))_T1\.nii(\.gz)?$")
 _IXI_OFFICIAL_NAME = re.compile(r"^(IXI(\d{3})-([A-Za-z]+)-(\d{4}))-T1\.nii(\.gz)?$")
 
@@ -158,7 +161,7 @@ def load_ixi(root: str | Path, dataset: str = "ixi") -> tuple[pd.DataFrame, Excl
         else:
             age, sex = xls_ages.get(number, float("nan")), xls_sex.get(number, "")
         if not np.isfinite(age):
-            exclusions.add(dataset, path, "no age in the demographics table: left out of training and evaluation (it can still be predicted)", "labels")
+            exclusions.add(dataset, path, f"no age in the demographics table{UNLABELLED}", "labels")
         mask = root / "DLMUSE" / f"{mrid}_T1_DLMUSE.nii.gz"
         rows.append({
             "dataset": dataset, "participant_id": f"IXI{number:03d}", "session_id": "",
@@ -195,7 +198,7 @@ def load_ds000228(root: str | Path, dataset: str = "ds000228") -> tuple[pd.DataF
             continue
         seen.add(pid)
         if pid not in info.index:
-            exclusions.add(dataset, path, "participant not in participants.tsv: left out of training and evaluation (it can still be predicted)", "labels")
+            exclusions.add(dataset, path, f"participant not in participants.tsv{UNLABELLED}", "labels")
         row = info.loc[pid] if pid in info.index else {}
         mask = next(iter(sorted(path.parent.glob(f"{pid}_analysis_mask.nii*"))), None)
         age = ages.get(pid, float("nan"))
@@ -245,7 +248,7 @@ def load_bids(root: str | Path, dataset: str | None = None) -> tuple[pd.DataFram
         seen.add(pid)
         age = session_ages.get((pid, ses), ages.get(pid, float("nan")))
         if pid not in ages and (pid, ses) not in session_ages:
-            exclusions.add(dataset, path, "participant not in participants.tsv: left out of training and evaluation (it can still be predicted)", "labels")
+            exclusions.add(dataset, path, f"participant not in participants.tsv{UNLABELLED}", "labels")
         rows.append({"dataset": dataset, "participant_id": pid, "session_id": ses, "image_path": str(path),
                      "mask_path": "", "age": age, "sex": sexes.get(pid, ""), "site": "", "label": ""})
     for pid in sorted(set(ages) - seen):
@@ -277,7 +280,7 @@ def load_oasis2(root: str | Path, dataset: str = "oasis2") -> tuple[pd.DataFrame
         session = path.parent.parent.name
         seen.add(session)
         if session not in info.index:
-            exclusions.add(dataset, path, "MRI ID not in oasis_longitudinal.csv: left out of training and evaluation (it can still be predicted)", "labels")
+            exclusions.add(dataset, path, f"MRI ID not in oasis_longitudinal.csv{UNLABELLED}", "labels")
             subject = "_".join(session.split("_")[:2])
             row = {}
         else:
