@@ -31,6 +31,7 @@ from alz_cnn.data import AlzheimerSlices, cached_images, load_alzheimer4, source
 from alz_cnn.model import AltzCNN, build_transfer_model, count_parameters, model_size_mb
 from alz_cnn.near_duplicates import DEFAULT_THRESHOLD, DEFAULT_THUMBNAIL, find_near_duplicates, near_duplicate_figure
 from common.classification import publish_classification_result, report_classification
+from common.cli import declare_profiles
 from common.cli import run as run_cli
 from common.device import configure_numerics, default_profile, select_device
 from common.distributed import main_process_first
@@ -422,6 +423,8 @@ def _leakage_summary(leak: pd.DataFrame) -> str:
 
 
 #: The command-line interface (fire).
+declare_profiles(train, {f"{m}:{p}": hp for m, profiles in HYPERPARAMETERS.items() for p, hp in profiles.items()})
+
 CLI = {"train": train, "test": evaluate, "compare": compare, "summarize": summarize}
 
 if __name__ == "__main__":

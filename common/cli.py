@@ -200,10 +200,12 @@ def profile_table(fn: Callable) -> str:
         return ""
     names = list(profiles)
     width = max(len(k) for k in keys) + 4
+    cols = [max(len(n), *(len(str(profiles[n].get(k, ""))) for k in keys)) + 2 for n in names]
     lines = ["", "PROFILE DEFAULTS (a flag left unset takes its profile's value)",
-             "    " + "--setting".ljust(width) + "".join(n.ljust(18) for n in names)]
+             "    " + "--setting".ljust(width) + "".join(n.ljust(c) for n, c in zip(names, cols))]
     for k in keys:
-        lines.append("    " + f"--{k}".ljust(width) + "".join(str(profiles[n].get(k, "")).ljust(18) for n in names))
+        lines.append("    " + f"--{k}".ljust(width) + "".join(str(profiles[n].get(k, "")).ljust(c)
+                                                          for n, c in zip(names, cols)))
     return "\n".join(lines) + "\n"
 
 
