@@ -53,7 +53,7 @@ from common.device import configure_cpu_threads, cpu_has_fast_bf16  # noqa: E402
 from common.io import write_json, write_text  # noqa: E402
 from common.paths import find_data_root  # noqa: E402
 
-SECTIONS = ("preprocess", "loading", "models", "precision", "mainjob")
+SECTIONS = ("preprocess", "loading", "models", "precision", "numerics", "mainjob")
 
 
 def machine() -> dict:
@@ -282,6 +282,70 @@ def _same_weights(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+#: Kernel settings compared by the ``numerics`` section, as environment variables of a fresh process.
+NUMERICS_CONFIGS = {
+    "avx2-pinned (default)": {},
+    "avx2-pinned, oneDNN off": {"BRAINMRI_NO_ONEDNN": "1"},
+    "native ISA": {numerics.ISA_ENV: "native"},
+}
+
+
+def _fingerprint_worker() -> None:
+    """In a fresh process: 4 AdamW steps of the 3D ResNet-18 (48^3, batch 4, seeded synthetic data,
+    fp32, 2 threads); prints the SHA-256 of the resulting weights."""
+    import hashlib
+
+    from common.device import configure_numerics
+    from resnet3d.model import BrainAgeResNet3D
+
+    if os.environ.get("BRAINMRI_NO_ONEDNN"):
+        torch.backends.mkldnn.enabled = False
+    configure_numerics(torch.device("cpu"), "fp32")
+    torch.manual_seed(0)
+    model = BrainAgeResNet3D(init_age_bias=40.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    gen = torch.Generator().manual_seed(1)
+    start = time.perf_counter()
+    for _ in range(4):
+        x = torch.randn(4, 1, 48, 48, 48, generator=gen)
+        y = torch.rand(4, generator=gen) * 60 + 20
+        opt.zero_grad()
+        torch.nn.functional.huber_loss(model(x), y).backward()
+        opt.step()
+    seconds = (time.perf_counter() - start) / 4
+    digest = hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for t in model.state_dict().values()))
+    print(json.dumps({"sha256": digest.hexdigest()[:16], "step_s": seconds,
+                      "cpu_capability": torch.backends.cpu.get_cpu_capability()}))
+
+
+def bench_numerics(previous: dict | None) -> dict:
+    """Fingerprints of fp32 training under each kernel setting, kept per CPU kind across runs (the
+    section merges with earlier machines' rows): the same fingerprint on two CPU kinds means
+    bit-identical fp32 training there."""
+    import subprocess
+
+    kind = machine()
+    key = f"{kind['cpu']} ({', '.join(kind['simd'])})"
+    rows = dict((previous or {}).get("machines", {}))
+    mine = {}
+    for name, extra in NUMERICS_CONFIGS.items():
+        env = {k: v for k, v in os.environ.items() if k not in numerics.AVX2_PIN and k != numerics.PINNED_ENV}
+        env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", **extra})
+        out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--fingerprint_worker"], env=env,
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            mine[name] = {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+            continue
+        mine[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"[bench] numerics {name}: {mine[name]['sha256']} ({mine[name]['cpu_capability']}, "
+              f"{mine[name]['step_s']:.2f} s/step)", flush=True)
+    from common.runlog import git_commit
+
+    rows[key] = {"commit": git_commit()[:12],
+                 "date": time.strftime("%Y-%m-%d"), "configs": mine}
+    return {"machines": rows}
+
+
 def bench_precision(methods: tuple[str, ...], dataset: str, data_root: str | None, runs_dir: str,
                     results_dir: str) -> dict:
     """bf16 autocast against fp32 on real data: each method's ``cpu`` profile trained on ``dataset``
@@ -395,6 +459,21 @@ def _md(report: dict) -> str:
                        f"{r['infer_samples_per_s']:.2f} | {r['infer_samples_per_s'] / b['infer_samples_per_s']:.2f}x | "
                        f"{r['peak_rss_mb']:.0f} |")
         out += ["", report.get("fast_path_verdict", ""), ""]
+    if "numerics" in report:
+        out += ["## fp32 numerics fingerprint per CPU kind", "", _stamp(report, "numerics"), "",
+                "SHA-256 (first 16 hex digits) of the 3D ResNet-18's weights after 4 seeded fp32 AdamW steps at 48³ "
+                "(batch 4, 2 threads) in a fresh process, per kernel setting. Rows of other machines are kept from "
+                "earlier runs: the same fingerprint on two CPU kinds means bit-identical fp32 training there.", "",
+                "| CPU (flags) | commit | " + " | ".join(NUMERICS_CONFIGS) + " |",
+                "|---|---|" + "---|" * len(NUMERICS_CONFIGS)]
+        for key, row in report["numerics"]["machines"].items():
+            cells = []
+            for name in NUMERICS_CONFIGS:
+                c = row["configs"].get(name, {})
+                cells.append(f"`{c['sha256']}` ({c['cpu_capability']}, {c['step_s']:.2f} s/step)" if "sha256" in c
+                             else c.get("error", "–"))
+            out.append(f"| {key} | {row['commit']} | " + " | ".join(cells) + " |")
+        out.append("")
     if "precision" in report:
         pr = report["precision"]
         out += ["## bf16 autocast vs fp32 on real data", "", _stamp(report, "precision"), ""]
@@ -453,7 +532,7 @@ def _stamp(report: dict, section: str) -> str:
             f"native bf16: {'yes' if m['native_bf16'] else 'no'}), {m['threads']} threads._")
 
 
-def main(sections: str = "preprocess,loading,models,mainjob", repeats: int = 3, volumes: int = 16, models: str = "",
+def main(sections: str = "preprocess,loading,models,numerics,mainjob", repeats: int = 3, volumes: int = 16, models: str = "",
          bf16_repeats: int = 0, precision_methods: str = "resnet3d,oasis_resblock", precision_dataset: str = "ixi_hh",
          runs_dir: str = "runs", merge: bool = True, data_root: str | None = None, results_dir: str = "results",
          out: str = "results/BENCHMARKS.md") -> str:
@@ -461,7 +540,8 @@ def main(sections: str = "preprocess,loading,models,mainjob", repeats: int = 3, 
 
     Args:
         sections: comma-separated subset of preprocess, loading, models, precision (bf16 vs fp32
-            training on real data, ~25 min; not in the default), mainjob.
+            training on real data, ~25 min; not in the default), numerics (fp32 fingerprints of this
+            CPU kind, kept beside other machines'), mainjob.
         repeats: timed repetitions per measurement (median reported).
         volumes: IXI-HH subjects used by the preprocess and loading sections.
         models: comma-separated subset of resnet3d, oasis_resblock, tsan_stage1, midslice_resnet18,
@@ -509,6 +589,8 @@ def main(sections: str = "preprocess,loading,models,mainjob", repeats: int = 3, 
         names = tuple(m.strip() for m in (precision_methods.split(",") if isinstance(precision_methods, str)
                                            else precision_methods) if m.strip())
         report["precision"] = bench_precision(names, precision_dataset, data_root, runs_dir, results_dir)
+    if "numerics" in chosen:
+        report["numerics"] = bench_numerics(report.get("numerics"))
     if "mainjob" in chosen:
         report["mainjob"] = bench_mainjob(results_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -521,4 +603,7 @@ def main(sections: str = "preprocess,loading,models,mainjob", repeats: int = 3, 
 CLI = main
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--fingerprint_worker"]:  # the numerics section's fresh process
+        _fingerprint_worker()
+        sys.exit(0)
     run_cli(main, name="scripts/bench.py")

@@ -64,3 +64,13 @@ def test_precision_rows_and_merge_keep_other_sections_with_their_stamp(tmp_path)
     report = json.loads(out.with_suffix(".json").read_text())
     assert "mainjob" in report and set(report["measured"]) >= {"mainjob", "precision"}
     assert out.read_text().count("_Measured ") == 2
+
+
+def test_numerics_fingerprint_is_reproducible_and_kept_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "NUMERICS_CONFIGS", {"avx2-pinned (default)": {}})
+    first = bench.bench_numerics({"machines": {"Other CPU (avx2)": {"commit": "x", "date": "d", "configs": {}}}})
+    again = bench.bench_numerics(None)
+    assert "Other CPU (avx2)" in first["machines"], "rows of other machines are kept"
+    (mine,) = [k for k in again["machines"]]
+    fp = first["machines"][mine]["configs"]["avx2-pinned (default)"]
+    assert fp["sha256"] == again["machines"][mine]["configs"]["avx2-pinned (default)"]["sha256"], "deterministic"
