@@ -19,9 +19,15 @@ from common.distributed import is_main_process, world_size
 from common.io import write_json
 
 
+#: What runs write into the tree (result files, generated README blocks and figures): not code, so a
+#: change there does not make the code "dirty" (the main job publishes results as it goes).
+OUTPUT_PATHSPECS = (":(exclude)results", ":(exclude,glob)**/*.md", ":(exclude,glob)**/figures/**")
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Git commit of the code this process runs (``-dirty`` if tracked files differ), or ``"unknown"``.
+    """Git commit of the code this process runs (``-dirty`` if tracked code differs; result files,
+    Markdown and figures do not count, :data:`OUTPUT_PATHSPECS`), or ``"unknown"``.
 
     Taken once per process, at the first call (run start), so edits made to the tree while a long
     run is going do not change what that run records.
@@ -30,8 +36,8 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHSPECS],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -197,3 +197,25 @@ def test_python_entry_points_work_from_any_folder_with_the_venv_python(tmp_path)
     proc = subprocess.run([str(venv_python), "-m", "resnet3d.predict", "--help"], cwd=tmp_path, capture_output=True,
                           text=True, env={**env, "PAGER": "cat"}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_results_and_docs_written_by_runs_do_not_make_the_code_dirty(tmp_path):
+    """The main job publishes results/ and README blocks as it goes; the next method must still see
+    clean code (else its row is marked -dirty and refused)."""
+    from common.runlog import OUTPUT_PATHSPECS
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    for rel in ("results/r.json", "README.md", "m/README.md", "alz_cnn/figures/f.png", "m/code.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("a\n")
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    for rel in ("results/r.json", "README.md", "m/README.md", "alz_cnn/figures/f.png"):
+        (tmp_path / rel).write_text("b\n")
+    status = ["status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHSPECS]
+    assert git(*status).strip() == ""
+    (tmp_path / "m" / "code.py").write_text("b\n")
+    assert "m/code.py" in git(*status)
