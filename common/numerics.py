@@ -8,11 +8,12 @@ instruction sets sum in different orders. Measured here on a Zen 4: six fp32 Ada
 AVX2 kernels, and a full training run moved test MAE by 2 y between the two CPU kinds. At the same
 speed (7.18 vs 7.20 samples/s on that step, 2 threads), so pinning costs nothing.
 
-:func:`pin_cpu_isa` therefore caps all three libraries at AVX2, the widest set every machine has,
+:func:`pin_cpu_isa` therefore caps the three libraries at AVX2, the widest set every machine has,
 through their documented environment variables (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``,
-``MKL_CBWR``). They are read lazily, at each library's first kernel, so setting them when
-:mod:`common` is imported (before any tensor operation) is enough; an explicit value set by the user
-is respected, and ``BRAINMRI_CPU_ISA=native`` turns the pinning off.
+``MKL_CBWR``), and numpy's SIMD dispatch likewise (``NPY_DISABLE_CPU_FEATURES``). The torch ones are
+read lazily, at each library's first kernel, numpy's at its import, so setting them when
+:mod:`common` is imported (before any tensor operation; the method packages import it first) is
+enough; an explicit value set by the user is respected, and ``BRAINMRI_CPU_ISA=native`` turns the pinning off.
 
 This module imports nothing heavy (no torch), so every entry point can import it first.
 """
@@ -30,6 +31,9 @@ AVX2_PIN = {
     "ATEN_CPU_CAPABILITY": "avx2",      # PyTorch's own vectorised kernels
     "ONEDNN_MAX_CPU_ISA": "AVX2",       # convolutions, pooling, batch norm (oneDNN)
     "MKL_CBWR": "AVX2",                 # MKL conditional numerical reproducibility (matmul, linear)
+    # numpy's own SIMD dispatch (sums, means: preprocessing); read when numpy is first imported
+    "NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL "
+                                "AVX512_SPR",
 }
 
 #: cuBLAS needs this for deterministic matmuls (read when cuBLAS starts; harmless on CPU).
