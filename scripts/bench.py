@@ -513,7 +513,8 @@ def _verdict(rows: list[dict]) -> str:
             for r in rows if r["mode"] != "fp32" and r["model"] in base and "error" not in r
             and r["train_samples_per_s"] >= 1.5 * base[r["model"]]["train_samples_per_s"]]
     if wins:
-        return "Fast-path settings at least 1.5x faster than fp32 in training: " + "; ".join(wins) + "."
+        return ("Fast-path settings at least 1.5x faster than fp32 in training: " + "; ".join(wins) + ". Speed only: "
+                "whether bf16 also trains correctly on this machine is the `precision` section's question.")
     ratios = [(r["train_samples_per_s"] / base[r["model"]]["train_samples_per_s"], r["model"], r["mode"])
               for r in rows if r["mode"] != "fp32" and r["model"] in base and "error" not in r]
     best = f" (best: {max(ratios)[1]} {max(ratios)[2]}, {max(ratios)[0]:.2f}x)" if ratios else ""
