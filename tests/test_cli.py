@@ -76,9 +76,10 @@ def test_fetch_data_links_local_copy(tmp_path):
     assert (tmp_path / "data" / "ixi_hh").is_symlink(), "--from DIR works on the command line"
 
 
-WRAPPERS = sorted(str(p.relative_to(REPO)) for p in REPO.glob("**/*.sh")
-                  if ".venv" not in p.parts and p.name not in {"env.sh", "setup_env.sh", "method_args.sh", "test.sh"}
-                  or p == REPO / "scripts" / "test.sh")
+#: Every wrapper a user runs (the sourced helpers and the test command itself aside).
+WRAPPERS = sorted(str(p.relative_to(REPO)) for p in REPO.glob("**/*.sh") if ".venv" not in p.parts
+                  and str(p.relative_to(REPO)) not in {"scripts/env.sh", "scripts/setup_env.sh", "scripts/method_args.sh",
+                                                       "scripts/test.sh"})
 
 
 def _tree_state() -> tuple:
@@ -88,7 +89,7 @@ def _tree_state() -> tuple:
     return status, files
 
 
-@pytest.mark.parametrize("wrapper", [w for w in WRAPPERS if w != "scripts/test.sh"])
+@pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_every_wrapper_help_shows_help_and_changes_nothing(wrapper, tmp_path):
     """`bash <wrapper> --epochs=1 --help`, from another folder and without an activated venv, prints
     help, exits 0 and changes no file (no run folder, no result)."""
