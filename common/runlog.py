@@ -20,7 +20,7 @@ from common.io import write_json
 
 #: What runs write into the tree (result files, generated README blocks and figures): not code, so a
 #: change there does not make the code "dirty" (the main job publishes results as it goes).
-OUTPUT_PATHSPECS = (":(exclude)results", ":(exclude,glob)**/*.md", ":(exclude,glob)**/figures/**")
+OUTPUT_PATHSPECS = (":(exclude)results", ":(exclude)benchmarks", ":(exclude,glob)**/*.md", ":(exclude,glob)**/figures/**")
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Speed benchmark (set-up included): cached vs naive loading, fp32 vs fast path, main-job wall time.
-# Writes results/BENCHMARKS.md and results/BENCHMARKS.json. Run it with nothing else on the machine.
+# Writes benchmarks/BENCHMARKS.md and benchmarks/BENCHMARKS.json. Run it with nothing else on the machine.
 #   bash scripts/bench.sh
 #   bash scripts/bench.sh --sections=models --models=resnet3d --repeats=5
 set -euo pipefail
