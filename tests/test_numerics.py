@@ -22,7 +22,7 @@ from common.data.datasets import VolumeDataset
 from common.runlog import RunLogger
 from common.training import FitConfig, NonFiniteTrainingError, fit_model
 from tests.conftest import write_study
-from tests.test_training import TinyRegressor, _frame
+from tests.test_training import TinyRegressor, _frame, tiny_loaders
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -159,9 +159,7 @@ def _fit_with_loss(tmp_path, loss_fn, epochs=2, limit=5, run="nan"):
     torch.manual_seed(0)
     model = TinyRegressor()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    train = frame[frame["split"] == "train"]
-    loaders = [DataLoader(VolumeDataset(train), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(1)),
-               DataLoader(VolumeDataset(frame[frame["split"] == "val"]), batch_size=4)]
+    loaders = tiny_loaders(frame, batch_size=2)
     logger = RunLogger(tmp_path / run, {"test": True}, CPU)
     out = fit_model(model, opt, None, loss_fn, *loaders, CPU, FitConfig(epochs=epochs, seed=3, max_nonfinite_steps=limit),
                     tmp_path / run, logger, {"method": "tiny"})

@@ -50,13 +50,20 @@ def test_recalibrate_batchnorm_gives_population_statistics(tmp_path):
     assert not model.training, "the previous train/eval mode is restored"
 
 
+def tiny_loaders(frame: pd.DataFrame, batch_size: int = 4) -> list[DataLoader]:
+    """Seeded shuffled training loader and validation loader over ``frame``'s splits."""
+    train = frame[frame["split"] == "train"]
+    return [DataLoader(VolumeDataset(train), batch_size=batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(1)),
+            DataLoader(VolumeDataset(frame[frame["split"] == "val"]), batch_size=4)]
+
+
 def _fit(tmp_path, frame, run: str, epochs: int, resume: bool = False):
     torch.manual_seed(0)
     model = TinyRegressor()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     train = frame[frame["split"] == "train"]
-    loaders = [DataLoader(VolumeDataset(train), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1)),
-               DataLoader(VolumeDataset(frame[frame["split"] == "val"]), batch_size=4)]
+    loaders = tiny_loaders(frame)
     run_dir = tmp_path / run
     logger = RunLogger(run_dir, {"test": True}, torch.device("cpu"), resume=resume)
     out = fit_model(model, opt, None, nn.HuberLoss(), *loaders, torch.device("cpu"),
