@@ -5,11 +5,10 @@ AVX-512 with native bf16 (Zen 4). PyTorch dispatches its own vectorised kernels 
 convolutions (oneDNN) and its BLAS (MKL) to the widest instruction set the CPU has, and different
 instruction sets sum in different orders. Measured here on a Zen 4: six fp32 AdamW steps of the
 3D ResNet-18 from the same seed gave a weight sum of 1236.80 with AVX-512 kernels and 1255.89 with
-AVX2 kernels, and a full training run moved test MAE by 2 y between the two CPU kinds. The cost:
-a real resnet3d IXI-HH epoch took 20.1 s pinned here (21 s unpinned on a Zen 4 in the issue that
-asked for this); the synthetic training step alone ran 7.0-9.0 samples/s pinned vs 9.8-11.1 native
-on an idle Zen 4 (one earlier measurement: 7.20 vs 7.18), so the pin can cost up to about 30% of
-the step where AVX-512 kernels are faster.
+AVX2 kernels, and a full training run moved test MAE by 2 y between the two CPU kinds. The cost,
+from ``scripts/bench.py`` on a Zen 4: a real resnet3d IXI-HH epoch took 20.1 s pinned (``precision``
+section; 21 s unpinned in the issue that asked for this), the bare training step 0.81 s pinned vs
+0.58 s native (``numerics`` section), so up to about 40% of the step where AVX-512 kernels are faster.
 
 :func:`pin_cpu_isa` therefore caps the three libraries at AVX2, the widest set every machine has,
 through their documented environment variables (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``,
