@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def report_brain_age(frame: pd.DataFrame, predicted_age: np.ndarray, run_dir: str | Path, title: str,
-                     train_mean_age: float) -> tuple[dict, BiasCorrection]:
+                     train_mean_age: float, correction_formula: str = "cole") -> tuple[dict, BiasCorrection]:
     """Fit the bias correction on the validation rows, report on the test rows.
 
     Args:
@@ -42,6 +42,7 @@ def report_brain_age(frame: pd.DataFrame, predicted_age: np.ndarray, run_dir: st
             ``scatter_test.png`` are written.
         title: plot title.
         train_mean_age: mean age of the training split (the trivial predictor's constant).
+        correction_formula: the method's source formula (:data:`common.metrics.CORRECTION_FORMULAS`).
 
     Returns:
         ``(report, correction)``: the test report of :func:`common.metrics.brain_age_report`
@@ -56,7 +57,8 @@ def report_brain_age(frame: pd.DataFrame, predicted_age: np.ndarray, run_dir: st
     is_test = (frame["split"] == "test").to_numpy()
     if not is_val.any() or not is_test.any():
         raise ValueError("need validation and test rows to report brain age")
-    correction = BiasCorrection.fit(frame.loc[is_val, "age"].to_numpy(float), pred[is_val], fitted_on="val")
+    correction = BiasCorrection.fit(frame.loc[is_val, "age"].to_numpy(float), pred[is_val], fitted_on="val",
+                                    formula=correction_formula)
     train_mean = float(train_mean_age)
     for split, mask in (("val", is_val), ("test", is_test)):
         write_predictions(run_dir / f"predictions_{split}.csv",
@@ -68,9 +70,9 @@ def report_brain_age(frame: pd.DataFrame, predicted_age: np.ndarray, run_dir: st
     scatter_predicted_vs_age(test["age"].to_numpy(float), pred[is_test], run_dir / "scatter_test.png",
                              f"{title}\nMAE {report['raw']['mae']:.2f} y, r {report['raw']['pearson_r']:.2f} "
                              f"(corrected MAE {report['corrected']['mae']:.2f})",
-                             corrected=correction.apply(pred[is_test]))
+                             corrected=correction.apply(pred[is_test], test["age"].to_numpy(float)))
     gap_vs_age(test["age"].to_numpy(float), pred[is_test], run_dir / "gap_vs_age_test.png", title,
-               corrected=correction.apply(pred[is_test]))
+               corrected=correction.apply(pred[is_test], test["age"].to_numpy(float)))
     log.info("test MAE %.2f (mean predictor %.2f), r %.3f; corrected MAE %.2f", report["raw"]["mae"],
              report["mean_predictor_mae"], report["raw"]["pearson_r"], report["corrected"]["mae"])
     return report, correction
@@ -244,9 +246,10 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
 
 def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: Callable[[dict], nn.Module],
                        device: str = "auto", frame: pd.DataFrame | None = None, exclude: RowExclusion | None = None,
-                       ) -> tuple[dict, pd.DataFrame, dict, nn.Module]:
-    """Test a finished run: predict val and test with ``best.pt``, fit the bias correction on
-    validation, report on test, and store the correction in ``best.pt``.
+                       correction_formula: str = "cole") -> tuple[dict, pd.DataFrame, dict, nn.Module]:
+    """Test a finished run: predict val and test with ``best.pt``, fit the bias correction
+    (``correction_formula``, the method's source formula) on validation, report on test, and store
+    the correction in ``best.pt``.
 
     Returns:
         ``(report, frame, config, model)``.
@@ -266,6 +269,6 @@ def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: 
     predicted = np.empty(len(eval_frame))
     predicted[idx] = pred
     report, correction = report_brain_age(eval_frame, predicted, run_dir, f"{method} on {cfg['dataset']} ({cfg['profile']})",
-                                          train_mean_age=ckpt["train_mean_age"])
+                                          train_mean_age=ckpt["train_mean_age"], correction_formula=correction_formula)
     save_torch(run_dir / "best.pt", {**ckpt, "bias_correction": correction.to_dict()})
     return report, frame, cfg, model

@@ -1,10 +1,15 @@
-"""Regression metrics, linear bias correction and bootstrap confidence intervals.
+"""Regression metrics, linear age-bias corrections and bootstrap confidence intervals.
 
-Bias correction follows Cole et al. (2018), "Brain age predicts mortality", Mol. Psychiatry
-23:1385-1392 (and Smith et al. 2019 discuss the same regression-to-the-mean bias): on the
-*validation* predictions fit ``predicted_age = slope * age + intercept`` and correct any prediction
-as ``(predicted_age - intercept) / slope``. The coefficients are fitted once and stored; the test
-split is only ever transformed with them.
+Three linear bias corrections are used by the sources this project reproduces. Each is fitted on the
+*validation* predictions only (never on test data), stored, and applied unchanged to any split:
+
+- ``cole`` (Cole et al. 2018, "Brain age predicts mortality", Mol. Psychiatry 23:1385-1392): fit
+  ``predicted_age = slope * age + intercept``; corrected = ``(predicted_age - intercept) / slope``.
+- ``age_on_pred`` (the 3D ResNet track of "brain-age-estimation"): fit ``age = slope *
+  predicted_age + intercept``; corrected = ``slope * predicted_age + intercept``.
+- ``gap_on_age`` (TSAN's ``bias_correction.py``; also Beheshti et al. 2019, de Lange & Cole 2020): fit
+  ``brain_age_gap = slope * age + intercept``; corrected = ``predicted_age - (slope * age + intercept)``.
+  It needs the chronological age of the scan being corrected.
 """
 
 from __future__ import annotations
@@ -17,50 +22,89 @@ from scipy import stats
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
+#: Correction formulas: name -> description stored with the coefficients.
+CORRECTION_FORMULAS = {
+    "cole": "Cole et al. 2018: pred = slope*age + intercept; corrected = (pred - intercept)/slope",
+    "age_on_pred": "age = slope*pred + intercept; corrected = slope*pred + intercept",
+    "gap_on_age": "gap = slope*age + intercept; corrected = pred - (slope*age + intercept)",
+}
+
 
 @dataclass(frozen=True)
 class BiasCorrection:
-    """Cole et al. 2018 linear age-bias correction; ``slope``/``intercept`` in years.
+    """A linear age-bias correction (module docstring); ``slope`` unitless, ``intercept`` in years.
 
     Attributes:
-        slope: slope of predicted age regressed on chronological age (validation split).
-        intercept: intercept of that regression, years.
+        slope, intercept: coefficients of the formula's regression, fitted on the validation split.
         fitted_on: which split provided the fit (always ``"val"`` in this project).
         n: number of predictions used for the fit.
+        method: human-readable formula.
+        formula: ``cole``, ``age_on_pred``, ``gap_on_age`` or ``identity``.
     """
 
     slope: float
     intercept: float
     fitted_on: str = "val"
     n: int = 0
-    method: str = "Cole et al. 2018: pred = slope*age + intercept; corrected = (pred - intercept)/slope"
+    method: str = CORRECTION_FORMULAS["cole"]
+    formula: str = "cole"
 
     @classmethod
-    def fit(cls, age: np.ndarray, predicted_age: np.ndarray, fitted_on: str = "val") -> BiasCorrection:
+    def fit(cls, age: np.ndarray, predicted_age: np.ndarray, fitted_on: str = "val",
+            formula: str = "cole") -> BiasCorrection:
         """Fit on (age, predicted_age) pairs of the validation split.
 
         Raises:
-            ValueError: fewer than 3 pairs, constant ages, or ``fitted_on == "test"``.
+            ValueError: unknown ``formula``, fewer than 3 pairs, constant ages, or ``fitted_on == "test"``.
         """
+        if formula not in CORRECTION_FORMULAS:
+            raise ValueError(f"unknown bias-correction formula {formula!r}; choose from {sorted(CORRECTION_FORMULAS)}")
         if fitted_on == "test":
             raise ValueError("bias correction must never be fitted on test data")
         age, pred = np.asarray(age, float), np.asarray(predicted_age, float)
         if len(age) < 3 or np.ptp(age) == 0:
             raise ValueError("bias correction needs at least 3 subjects with different ages")
-        reg = LinearRegression().fit(age[:, None], pred)
-        slope = float(reg.coef_[0])
-        if abs(slope) < 1e-3:
-            # A (near-)constant predictor cannot be inverted; keep predictions unchanged.
-            return cls(slope=1.0, intercept=0.0, fitted_on=fitted_on, n=len(age),
+        x, y = {"cole": (age, pred), "age_on_pred": (pred, age), "gap_on_age": (age, pred - age)}[formula]
+        degenerate = np.ptp(pred) == 0 if formula == "age_on_pred" else False
+        reg = None if degenerate else LinearRegression().fit(x[:, None], y)
+        if degenerate or formula == "cole" and abs(float(reg.coef_[0])) < 1e-3:
+            # A (near-)constant predictor cannot be corrected this way; keep predictions unchanged.
+            return cls(slope=1.0, intercept=0.0, fitted_on=fitted_on, n=len(age), formula="identity",
                        method="identity: fitted slope ~0, correction not invertible")
-        return cls(slope=slope, intercept=float(reg.intercept_), fitted_on=fitted_on, n=len(age))
+        return cls(slope=float(reg.coef_[0]), intercept=float(reg.intercept_), fitted_on=fitted_on, n=len(age),
+                   method=CORRECTION_FORMULAS[formula], formula=formula)
 
-    def apply(self, predicted_age: np.ndarray) -> np.ndarray:
-        """Corrected predictions (years) for any split."""
-        return (np.asarray(predicted_age, float) - self.intercept) / self.slope
+    @property
+    def needs_age(self) -> bool:
+        """True when :meth:`apply` needs the chronological age (``gap_on_age``)."""
+        return self.formula == "gap_on_age"
+
+    def apply(self, predicted_age: np.ndarray, age: np.ndarray | None = None) -> np.ndarray:
+        """Corrected predictions (years) for any split.
+
+        Raises:
+            ValueError: the formula needs ``age`` and none was given.
+        """
+        pred = np.asarray(predicted_age, float)
+        if self.formula == "gap_on_age":
+            if age is None:
+                raise ValueError("the gap_on_age correction needs the chronological age of each scan")
+            return pred - (self.slope * np.asarray(age, float) + self.intercept)
+        if self.formula == "age_on_pred":
+            return self.slope * pred + self.intercept
+        if self.formula == "identity":
+            return pred
+        return (pred - self.intercept) / self.slope
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BiasCorrection:
+        """Inverse of :meth:`to_dict`; entries stored before ``formula`` existed are Cole's."""
+        d = dict(d)
+        d.setdefault("formula", "identity" if str(d.get("method", "")).startswith("identity") else "cole")
+        return cls(**d)
 
 
 def regression_metrics(age: np.ndarray, predicted_age: np.ndarray) -> dict[str, float]:
@@ -109,7 +153,7 @@ def brain_age_report(age: np.ndarray, predicted_age: np.ndarray, correction: Bia
     """Full test-split report: raw and bias-corrected metrics, MAE bootstrap 95% CIs, and the
     MAE of always predicting the training-set mean age (the trivial reference)."""
     age, pred = np.asarray(age, float), np.asarray(predicted_age, float)
-    corrected = correction.apply(pred)
+    corrected = correction.apply(pred, age)
     raw = regression_metrics(age, pred)
     cor = regression_metrics(age, corrected)
     raw["mae_ci95"] = bootstrap_ci(np.abs(pred - age))

@@ -24,7 +24,7 @@ def brain_age_predictions(frame: pd.DataFrame, predicted_age: np.ndarray,
     """
     pred = np.asarray(predicted_age, float)
     age = frame["age"].to_numpy(float)
-    corrected = correction.apply(pred) if correction is not None else np.full_like(pred, np.nan)
+    corrected = correction.apply(pred, age) if correction is not None else np.full_like(pred, np.nan)
     out = pd.DataFrame({
         "participant_id": frame["participant_id"].to_numpy(),
         "session_id": frame["session_id"].to_numpy() if "session_id" in frame else "",

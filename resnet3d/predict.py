@@ -80,7 +80,7 @@ def main(checkpoint: str, inputs: str, output_dir: str = "predictions", cache_di
     if "bias_correction" not in ckpt:
         raise ValueError(f"{checkpoint} has no bias correction; run `bash resnet3d/test.sh` on its run first")
     spec = VolumeSpec.from_dict(ckpt["preprocess"])
-    correction = BiasCorrection(**ckpt["bias_correction"])
+    correction = BiasCorrection.from_dict(ckpt["bias_correction"])
     frame = _inputs_table(inputs)
     exclusions = Exclusions()
     usable = prepare_volumes(frame, spec, cache_dir, exclusions)
@@ -105,10 +105,10 @@ def main(checkpoint: str, inputs: str, output_dir: str = "predictions", cache_di
     if labelled.sum() >= 2:
         age = table.loc[labelled, "age"].to_numpy(float)
         metrics = {"raw": regression_metrics(age, predicted[labelled]),
-                   "corrected": regression_metrics(age, correction.apply(predicted[labelled]))}
+                   "corrected": regression_metrics(age, correction.apply(predicted[labelled], age))}
         write_json(out / "metrics.json", metrics)
         scatter_predicted_vs_age(age, predicted[labelled], out / "scatter.png", f"{METHOD} predictions",
-                                 corrected=correction.apply(predicted[labelled]))
+                                 corrected=correction.apply(predicted[labelled], age))
         log.info("MAE %.2f (corrected %.2f) on %d scans with age", metrics["raw"]["mae"], metrics["corrected"]["mae"],
                  int(labelled.sum()))
     log.info("wrote %s (%d predicted, %d excluded)", path, len(table), len(exclusions))

@@ -37,6 +37,31 @@ def test_bias_correction_recovers_linear_bias():
     assert regression_metrics(age, bc.apply(pred))["spearman_gap_age"] != pytest.approx(-1)
 
 
+def test_the_sources_correction_formulas_hand_worked():
+    age = np.array([20.0, 40.0, 60.0, 80.0])
+    pred = np.array([30.0, 45.0, 55.0, 70.0])  # pred = 0.65 * age + 18 + small deviations
+    # resnet3d source: age = a * pred + b, corrected = a * pred + b (least squares by hand)
+    a = np.cov(pred, age, bias=True)[0, 1] / pred.var()
+    b = age.mean() - a * pred.mean()
+    bc = BiasCorrection.fit(age, pred, formula="age_on_pred")
+    assert (bc.slope, bc.intercept) == (pytest.approx(a), pytest.approx(b)) and not bc.needs_age
+    np.testing.assert_allclose(bc.apply(np.array([50.0])), [a * 50 + b])
+    # TSAN source: gap = a * age + b, corrected = pred - (a * age + b)
+    gap = pred - age
+    a2 = np.cov(age, gap, bias=True)[0, 1] / age.var()
+    b2 = gap.mean() - a2 * age.mean()
+    tsan = BiasCorrection.fit(age, pred, formula="gap_on_age")
+    assert (tsan.slope, tsan.intercept) == (pytest.approx(a2), pytest.approx(b2)) and tsan.needs_age
+    np.testing.assert_allclose(tsan.apply(pred, age), pred - (a2 * age + b2))
+    assert abs(np.corrcoef(tsan.apply(pred, age) - age, age)[0, 1]) < 1e-9  # no gap-age correlation left
+    with pytest.raises(ValueError, match="chronological age"):
+        tsan.apply(pred)
+    with pytest.raises(ValueError, match="unknown bias-correction formula"):
+        BiasCorrection.fit(age, pred, formula="other")
+    stored = BiasCorrection.from_dict({k: v for k, v in BiasCorrection.fit(age, pred).to_dict().items() if k != "formula"})
+    assert stored.formula == "cole"  # checkpoints written before formulas existed are Cole's
+
+
 def test_bias_correction_refuses_test_data_and_degenerate_input():
     with pytest.raises(ValueError, match="never be fitted on test"):
         BiasCorrection.fit(np.arange(5.0), np.arange(5.0), fitted_on="test")
