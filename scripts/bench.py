@@ -20,6 +20,13 @@ Sections (all measured in this run, on this machine, with nothing asserted about
 - ``numerics``: fp32 training fingerprints per CPU kind and kernel setting (kept across machines).
 - ``mainjob``: wall time of each method in the main job (``wall_time_s`` of the committed result
   files, i.e. the runs that produced the leaderboard).
+- ``standardize`` (not in the default): the shared preprocessing per step on IXI-HH scans: deepbet's
+  brain mask against the DLMUSE mask (Dice), seconds per step, cached read time.
+- ``invariance`` (not in the default): for each trained run given by ``--invariance_runs``, the change
+  of the predicted age when the same scans arrive as acquisition variants (resampled, reoriented,
+  moved, cropped, bias field, noise, skull off; :mod:`common.data.variants`), mean / max |change| over
+  ``--invariance_scans`` IXI-HH test-split scans, beside the model-free agreement of the preprocessed
+  arrays (correlation inside the brain, brain-mask Dice).
 
 Timings are medians over ``--repeats`` timed repetitions after one warm-up. The report goes to
 ``benchmarks/``, not ``results/``: it holds bf16 trials, and ``results/`` holds only the result files
@@ -57,7 +64,7 @@ from common.device import configure_cpu_threads, cpu_has_fast_bf16  # noqa: E402
 from common.io import write_json, write_text  # noqa: E402
 from common.paths import find_data_root  # noqa: E402
 
-SECTIONS = ("preprocess", "loading", "models", "precision", "numerics", "mainjob")
+SECTIONS = ("preprocess", "loading", "models", "precision", "numerics", "mainjob", "standardize", "invariance")
 
 
 def machine() -> dict:
@@ -145,7 +152,7 @@ def bench_loading(n: int, repeats: int, data_root: str | None) -> dict:
 
     hp = PROFILES["cpu"]
     spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3,
-                      intensity="zscore_volume_clip3", pipeline="nilearn_centered")
+                      intensity="zscore_volume", pipeline="nilearn_centered")
     frame = _frame("ixi_hh", n, data_root)
     torch.manual_seed(0)
     model = OasisResBlockRegressor()
@@ -421,6 +428,137 @@ def bench_mainjob(results_dir: str) -> list[dict]:
     return rows
 
 
+def _ixi_scans(n: int, data_root: str | None, split: str | None = None):
+    """The first ``n`` IXI-HH rows (of ``split`` in the shared split, when given) with their DLMUSE mask."""
+    from common.splits import load_split
+
+    frame, _ = load_dataset("ixi_hh", find_data_root(data_root))
+    if split:
+        ids = set(load_split("ixi_hh", "results").query("split == @split")["participant_id"])
+        frame = frame[frame["participant_id"].isin(ids)]
+    return frame.sort_values("participant_id").head(n).reset_index(drop=True)
+
+
+def bench_standardize(n: int, data_root: str | None) -> dict:
+    """Each step of the shared preprocessing on ``n`` IXI-HH scans: seconds, deepbet Dice vs DLMUSE."""
+    import nibabel as nib
+    import numpy as np
+
+    from common.data.checks import load_checked
+    from common.data.standardize import StandardCache, extract_brain, n4_in_brain, standardize_brain
+
+    rows = []
+    extract_brain(*load_checked(_ixi_scans(1, data_root)["image_path"][0])[:2])  # load deepbet once, not timed
+    for row in _ixi_scans(n, data_root).itertuples():
+        data, affine, _ = load_checked(row.image_path)
+        t0 = time.perf_counter()
+        mask = extract_brain(data, affine)
+        t1 = time.perf_counter()
+        n4_in_brain(data, affine, mask)
+        t2 = time.perf_counter()
+        standardize_brain(data, affine)
+        t3 = time.perf_counter()
+        ref = np.asarray(nib.load(row.mask_path).dataobj) > 0
+        dice = 2 * float((mask & ref).sum()) / float(mask.sum() + ref.sum())
+        rows.append({"participant_id": row.participant_id, "dice_vs_dlmuse": round(dice, 4),
+                     "extract_s": round(t1 - t0, 2), "n4_s": round(t2 - t1, 2), "total_s": round(t3 - t2, 2)})
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = StandardCache(tmp)
+        path = _ixi_scans(1, data_root)["image_path"][0]
+        cache.get(path)
+        cached_s = statistics.median(_timed(lambda: cache.get(path), 5))
+    return {"scans": rows, "cached_read_s": round(cached_s, 4),
+            "registration_s_median": round(statistics.median(r["total_s"] - r["extract_s"] - r["n4_s"] for r in rows), 2)}
+
+
+def _predict_arrays(run_dir: str, arrays: list, frame) -> list[float]:
+    """Predicted ages of ``arrays`` (each (1, D, H, W), the run's grid) with the run's ``best.pt``."""
+    import importlib
+
+    import numpy as np
+
+    from common.brain_age import volume_loader
+    from common.training import load_checkpoint, predict
+
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    module = importlib.import_module({"resnet3d": "resnet3d.train", "tsan_stage1": "tsan.train",
+                                      "oasis_resblock": "baselines.oasis_resblock.train"}[cfg["method"]])
+    ckpt = load_checkpoint(Path(run_dir) / "best.pt", cfg["method"])
+    build = getattr(module, "model_from_checkpoint", None) or module._model_from_checkpoint
+    model = build(ckpt)
+    model.load_state_dict(ckpt["model_state"])
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, array in enumerate(arrays):
+            paths.append(str(Path(tmp) / f"{i}.npy"))
+            np.save(paths[-1], array)
+        rows = frame.assign(cache_path=paths, age=0.0).reset_index(drop=True)
+        idx, _, pred = predict(model, volume_loader(rows, 8, False, 0), torch.device("cpu"))
+    out = np.empty(len(rows))
+    out[idx] = pred
+    return out.tolist()
+
+
+def bench_invariance(runs: dict[str, str], n: int, data_root: str | None) -> dict:
+    """Prediction change per variant and run; model-free agreement of the preprocessed arrays."""
+    import nibabel as nib
+    import numpy as np
+
+    from common.data.checks import BadImageError, load_checked
+    from common.data.preprocess import VolumeSpec
+    from common.data.standardize import StandardCache, standardize_brain, to_method_grid
+    from common.data.variants import standard_variants
+    from common.training import load_checkpoint
+
+    specs = {}
+    for name, run_dir in runs.items():
+        cfg = json.loads((Path(run_dir) / "config.json").read_text())
+        specs[name] = VolumeSpec.from_dict(load_checkpoint(Path(run_dir) / "best.pt", cfg["method"])["preprocess"])
+    scans = _ixi_scans(n, data_root, split="test")
+    cache = StandardCache(".cache")
+    brains: dict[str, list] = {"native": []}
+    agreement: dict[str, list] = {}
+    for row in scans.itertuples():
+        native = cache.get(row.image_path)
+        brains["native"].append(native)
+        data, affine, _ = load_checked(row.image_path)
+        mask = np.asarray(nib.load(row.mask_path).dataobj) > 0
+        for variant, make in standard_variants(mask).items():
+            try:
+                varied = standardize_brain(*make(data, affine))
+            except BadImageError as err:
+                varied = None
+                print(f"[bench] invariance: {row.participant_id} {variant} excluded: {err.problem}", flush=True)
+            brains.setdefault(variant, []).append(varied)
+            if varied is not None:
+                both = native.mask & varied.mask
+                agreement.setdefault(variant, []).append(
+                    (float(np.corrcoef(native.brain[both], varied.brain[both])[0, 1]),
+                     2 * float(both.sum()) / float(native.mask.sum() + varied.mask.sum())))
+        print(f"[bench] invariance: {row.participant_id} done", flush=True)
+    out = {"scans": scans["participant_id"].tolist(), "runs": runs, "variants": {}}
+    frame = scans[["participant_id", "session_id", "sex"]] if "sex" in scans else scans[["participant_id", "session_id"]]
+    reference = {name: _predict_arrays(run, [to_method_grid(b, specs[name].shape, specs[name].spacing_mm,
+                                                            specs[name].intensity) for b in brains["native"]], frame)
+                 for name, run in runs.items()}
+    for variant, items in brains.items():
+        if variant == "native":
+            continue
+        keep = [i for i, b in enumerate(items) if b is not None]
+        entry = {"excluded": len(items) - len(keep)}
+        if agreement.get(variant):
+            corr, dice = np.array(agreement[variant]).T
+            entry |= {"min_correlation": round(float(corr.min()), 4), "min_dice": round(float(dice.min()), 4)}
+        for name, run in runs.items():
+            spec = specs[name]
+            pred = _predict_arrays(run, [to_method_grid(items[i], spec.shape, spec.spacing_mm, spec.intensity)
+                                         for i in keep], frame.iloc[keep])
+            delta = np.abs(np.asarray(pred) - np.asarray(reference[name])[keep])
+            entry[name] = {"mean_abs_change": round(float(delta.mean()), 3), "max_abs_change": round(float(delta.max()), 3)}
+        out["variants"][variant] = entry
+    return out
+
+
 def _md(report: dict) -> str:
     m = report["machine"]
     out = ["# Benchmarks", "",
@@ -496,6 +634,36 @@ def _md(report: dict) -> str:
                 out.append(f"| {r['method']} | {r['precision']} | {r['repeat']} | {r['selection']} {r['best_val']:.3f} | "
                            f"{r['best_epoch']} | {r['nonfinite_steps']} | {r['s_per_epoch']:.1f} | {same} |")
             out.append("")
+    if "standardize" in report:
+        st = report["standardize"]
+        rows = st["scans"]
+        dice = [r["dice_vs_dlmuse"] for r in rows]
+        out += ["## Shared preprocessing: brain extraction and cost per scan", "", _stamp(report, "standardize"), "",
+                f"{len(rows)} IXI-HH scans (2 mm), one process. deepbet's mask against the dataset's DLMUSE mask: Dice "
+                f"{min(dice):.3f}-{max(dice):.3f}. Median seconds: brain extraction "
+                f"{statistics.median(r['extract_s'] for r in rows):.1f}, N4 {statistics.median(r['n4_s'] for r in rows):.1f}, "
+                f"registration {st['registration_s_median']:.1f}, whole pipeline "
+                f"{statistics.median(r['total_s'] for r in rows):.1f}; a cached scan reads in "
+                f"{st['cached_read_s'] * 1000:.0f} ms.",
+                "", "| scan | Dice vs DLMUSE | extraction (s) | N4 (s) | whole pipeline (s) |", "|---|---|---|---|---|"]
+        out += [f"| {r['participant_id']} | {r['dice_vs_dlmuse']:.3f} | {r['extract_s']:.1f} | {r['n4_s']:.1f} | "
+                f"{r['total_s']:.1f} |" for r in rows]
+        out.append("")
+    if "invariance" in report:
+        inv = report["invariance"]
+        names = list(inv["runs"])
+        out += ["## Prediction invariance to how a scan was acquired", "", _stamp(report, "invariance"), "",
+                f"{len(inv['scans'])} IXI-HH test-split scans, each predicted as it is and as each variant "
+                "(`common/data/variants.py`); |change| of the predicted age in years, mean / max over the scans. "
+                "Runs: " + ", ".join(f"{k} `{v}`" for k, v in inv["runs"].items()) + ". Model-free: the lowest "
+                "correlation inside the brain and brain-mask Dice of the preprocessed arrays against the native scan's.",
+                "", "| variant | min correlation | min Dice | " + " | ".join(names) + " |",
+                "|---|---|---|" + "---|" * len(names)]
+        for variant, e in inv["variants"].items():
+            cells = [f"{e[n]['mean_abs_change']:.2f} / {e[n]['max_abs_change']:.2f}" for n in names]
+            out.append(f"| {variant} | {e.get('min_correlation', float('nan')):.3f} | {e.get('min_dice', float('nan')):.3f} | "
+                       + " | ".join(cells) + " |")
+        out.append("")
     if "mainjob" in report:
         rows = report["mainjob"]
         per_method = mainjob_minutes(rows)
@@ -539,6 +707,7 @@ def _stamp(report: dict, section: str) -> str:
 def main(sections: str = "preprocess,loading,models,numerics,mainjob", repeats: int = 3, volumes: int = 16, models: str = "",
          bf16_repeats: int = 0, precision_methods: str = "resnet3d,oasis_resblock", precision_dataset: str = "ixi_hh",
          runs_dir: str = "runs", merge: bool = True, data_root: str | None = None, results_dir: str = "results",
+         standardize_scans: int = 10, invariance_runs: str = "", invariance_scans: int = 10,
          out: str = "benchmarks/BENCHMARKS.md") -> str:
     """Run the benchmark sections and write ``out`` (Markdown) and the raw numbers beside it (.json).
 
@@ -558,6 +727,10 @@ def main(sections: str = "preprocess,loading,models,numerics,mainjob", repeats: 
         runs_dir: where the ``precision`` section's run folders go.
         merge: keep the sections of an existing ``out`` that this call does not run (each section
             names the machine, date and commit it was measured on).
+        standardize_scans: IXI-HH scans of the ``standardize`` section.
+        invariance_runs: ``name=run_dir`` pairs, comma-separated, of trained resnet3d, tsan_stage1 or
+            oasis_resblock runs for the ``invariance`` section.
+        invariance_scans: IXI-HH test-split scans of the ``invariance`` section.
     """
     from common.runlog import git_commit
 
@@ -597,6 +770,13 @@ def main(sections: str = "preprocess,loading,models,numerics,mainjob", repeats: 
         report["numerics"] = bench_numerics(report.get("numerics"))
     if "mainjob" in chosen:
         report["mainjob"] = bench_mainjob(results_dir)
+    if "standardize" in chosen:
+        report["standardize"] = bench_standardize(standardize_scans, data_root)
+    if "invariance" in chosen:
+        pairs = [p.split("=", 1) for p in invariance_runs.split(",") if p.strip()]
+        if not pairs:
+            raise ValueError("the invariance section needs --invariance_runs=name=run_dir[,name=run_dir]")
+        report["invariance"] = bench_invariance(dict(pairs), invariance_scans, data_root)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_text(out_path, _md(report))
     write_json(out_path.with_suffix(".json"), report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,11 +28,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> str:
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=repo)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -84,8 +86,8 @@ def test_tsan_stage1_cli_runs_under_torchrun(tmp_path):
     write_study(tmp_path, 24, shape=(24, 28, 24), sexes=["MF"[i % 2] for i in range(24)], age=lambda i: 20 + 3 * i)
     cache = tmp_path / "cache"
     pretrain_sorter(seq_len=4, steps=5, batch_size=8, hidden=8, n_val=16,
-                    out_path=tsan.sorter_path(4, tsan.PROFILES["cpu"], str(cache)))
-    _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                    out_path=tsan.sorter_path(4, tsan.PROFILES["cpu"], str(cache), tied=True), tied=True)
+    log = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "tsan.train", "train_first_stage",
           "--dataset=study", "--profile=cpu", "--epochs=2", "--batch_size=4", "--nb_filter=2", "--nb_block=2",
           "--downsample=4", "--registration=monai", "--use_dataset_mask=False", "--run_name=ddp",
@@ -96,3 +98,7 @@ def test_tsan_stage1_cli_runs_under_torchrun(tmp_path):
     assert len(pd.read_csv(run / "metrics.csv")) == 2, "one metrics row per epoch, written once"
     assert len(list(run.glob("events.out.tfevents.*"))) == 1, "one TensorBoard writer (rank 0)"
     assert (tmp_path / "results" / "tsan_stage1__study.json").exists()
+    # the ranks split the cold preprocessing: each scan exactly once, and every rank then sees them all
+    done = [int(n) for n in re.findall(r"preprocessing (\d+) volumes", log)]
+    cached = list(cache.glob("volumes-*/*.npy"))
+    assert len(done) == 2 and sum(done) == len(cached) == 24 and min(done) == 12

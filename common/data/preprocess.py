@@ -24,7 +24,6 @@ import torch
 from common.data.checks import BadImageError, load_checked, load_mask
 from common.data.fingerprint import file_digest
 from common.data.manifest import Exclusions
-from common.distributed import main_process_first
 from common.io import atomic_write, write_json
 from common.runlog import progress
 
@@ -42,10 +41,14 @@ class VolumeSpec:
         shape: output grid (D, H, W) in voxels after pad/crop.
         spacing_mm: output voxel spacing in mm.
         orientation: axis codes of the output (MONAI ``Orientation``), e.g. ``"RAS"``.
-        intensity: ``"zscore_nonzero"`` (z-score over non-zero voxels, background stays 0) or
-            ``"zscore_volume_clip3"`` (z-score over the whole volume, clipped to [-3, 3]).
+        intensity: ``"zscore_nonzero"`` (z-score over non-zero voxels, background stays 0)
+            or ``"zscore_volume"`` (z-score over the whole volume).
         apply_mask: multiply by the dataset's brain mask (``mask_path``) before resampling.
-        pipeline: ``"monai"`` (Orientation + Spacing + centred pad/crop), ``"nilearn_centered"``
+        pipeline: ``"mni_brain"`` / ``"mni_brain_syn"``: the shared preprocessing of
+            :mod:`common.data.standardize` (deepbet brain extraction, N4, affine / affine + SyN
+            registration of the brain to the MNI152 brain, then this grid with anti-aliasing;
+            ``apply_mask`` is ignored: the brain mask is deepbet's). The sources' own pipelines:
+            ``"monai"`` (Orientation + Spacing + centred pad/crop), ``"nilearn_centered"``
             (``nilearn.image.resample_img`` onto a grid of ``shape`` x ``spacing_mm`` whose centre
             is the centre of the input's field of view; no reorientation), or ``"ants_affine_mni"`` /
             ``"ants_syn_mni"`` (ANTsPy registration to the MNI152 template on the FSL 2 mm grid,
@@ -113,6 +116,10 @@ def _nilearn_pipeline(data: np.ndarray, affine: np.ndarray, spec: VolumeSpec) ->
 
 #: Registration pipelines and their ANTs transform type.
 ANTS_PIPELINES = {"ants_affine_mni": "Affine", "ants_syn_mni": "SyN"}
+#: Intensity normalisations of :class:`VolumeSpec`.
+INTENSITIES = ("zscore_nonzero", "zscore_volume")
+#: The shared preprocessing (:mod:`common.data.standardize`) and its ANTs transform type.
+STANDARD_PIPELINES = {"mni_brain": "Affine", "mni_brain_syn": "SyN"}
 
 
 def _ants_pipeline(data: np.ndarray, affine: np.ndarray, spec: VolumeSpec) -> np.ndarray:
@@ -128,11 +135,15 @@ def _ants_pipeline(data: np.ndarray, affine: np.ndarray, spec: VolumeSpec) -> np
     return out
 
 
-def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str | Path = "") -> np.ndarray:
+def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str | Path = "",
+                      standard_root: str | Path | None = None) -> np.ndarray:
     """Check and preprocess one volume.
 
-    Steps: load and check (:func:`common.data.checks.load_checked`), optional brain mask, then
-    ``spec.pipeline``: ``"monai"``: channel-first, ``Orientation(spec.orientation)``,
+    ``mni_brain*`` pipelines: the scan's :class:`common.data.standardize.StandardBrain` (from the
+    shared cache under ``standard_root`` when given, so one registration serves every method), then
+    :func:`common.data.standardize.to_method_grid`. Other pipelines: load and check
+    (:func:`common.data.checks.load_checked`), optional brain mask, then ``spec.pipeline``:
+    ``"monai"``: channel-first, ``Orientation(spec.orientation)``,
     ``Spacing(spec.spacing_mm)`` (bilinear), ``ResizeWithPadOrCrop(spec.shape)`` (centred);
     ``"nilearn_centered"``: ``nilearn.image.resample_img`` onto a centred grid
     (:func:`centred_target_affine`); ``"ants_*_mni"``: registration to MNI152 on the FSL 2 mm grid,
@@ -146,8 +157,24 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
             masking and cropping.
         ValueError: unknown ``spec.pipeline`` or ``spec.intensity``.
     """
-    if spec.intensity not in ("zscore_nonzero", "zscore_volume_clip3"):
-        raise ValueError(f"unknown intensity normalisation {spec.intensity!r}")
+    if spec.intensity not in INTENSITIES:
+        raise ValueError(f"unknown intensity normalisation {spec.intensity!r}; choose from {INTENSITIES}")
+    if spec.pipeline in STANDARD_PIPELINES:
+        from common.data.standardize import StandardCache, standardize_brain, to_method_grid
+
+        transform = STANDARD_PIPELINES[spec.pipeline]
+        if standard_root is not None:
+            standard = StandardCache(standard_root, transform).get(image_path)
+        else:
+            data, affine, _ = load_checked(image_path)
+            try:
+                standard = standardize_brain(data, affine, transform)
+            except BadImageError as err:
+                raise BadImageError(image_path, err.problem) from None
+        try:
+            return to_method_grid(standard, spec.shape, spec.spacing_mm, spec.intensity)
+        except BadImageError as err:
+            raise BadImageError(image_path, err.problem) from None
     data, affine, _ = load_checked(image_path)
     if spec.apply_mask:
         if not mask_path:
@@ -161,9 +188,9 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
         out = _ants_pipeline(data, affine, spec)
     else:
         raise ValueError(f"unknown preprocessing pipeline {spec.pipeline!r}")
-    if spec.intensity == "zscore_volume_clip3":
+    if spec.intensity == "zscore_volume":
         std = float(out.std())
-        out = np.clip((out - out.mean()) / (std if std > 0 else 1.0), -3, 3).astype(np.float32)
+        out = ((out - out.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
     if not np.isfinite(out).all() or np.count_nonzero(out) == 0:
         raise BadImageError(image_path, "volume is empty or non-finite after preprocessing")
     return out
@@ -174,11 +201,12 @@ class VolumeCache:
 
     def __init__(self, root: str | Path, spec: VolumeSpec):
         self.spec = spec
-        self.dir = Path(root) / f"volumes-{spec.key()}"
+        self.root = Path(root)
+        self.dir = self.root / f"volumes-{spec.key()}"
 
     def path_for(self, image_path: str | Path, mask_path: str | Path = "") -> Path:
         """Cache file for this image (keyed by the content of image and mask)."""
-        mask = mask_path if self.spec.apply_mask else ""
+        mask = mask_path if self.spec.apply_mask and self.spec.pipeline not in STANDARD_PIPELINES else ""
         digest = hashlib.sha1((file_digest(image_path) + "#" + file_digest(mask)).encode()).hexdigest()
         return self.dir / f"{digest[:20]}.npy"
 
@@ -201,7 +229,7 @@ class VolumeCache:
             return path
         if path.exists():
             log.warning("cache entry %s for %s is corrupt; rebuilding", path, image_path)
-        array = preprocess_volume(image_path, self.spec, mask_path)
+        array = preprocess_volume(image_path, self.spec, mask_path, standard_root=self.root)
         atomic_write(path, lambda fh: np.save(fh, array), mode="wb")
         if not self.dir.joinpath("spec.json").exists():
             write_json(self.dir / "spec.json", self.spec.to_dict())
@@ -234,14 +262,30 @@ def prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str | 
 
     Returns:
         The rows that passed, with a ``cache_path`` column (float32 (1, D, H, W) ``.npy`` files).
-        Under torchrun rank 0 fills the cache first and the other processes then read it.
+        Under torchrun the uncached images are split between the ranks (rank ``r`` of ``n`` takes
+        every ``n``-th, from the ``r``-th), each image is preprocessed exactly once, and after a barrier
+        every rank sees the whole cache and the same exclusions.
     """
-    with main_process_first():
+    from common.distributed import is_distributed, rank, world_size
+
+    if not is_distributed():
         return _prepare_volumes(manifest, spec, cache_root, exclusions, workers)
+    import torch.distributed as dist
+
+    failures = _prepare_volumes(manifest, spec, cache_root, Exclusions(), workers, shard=(rank(), world_size()))
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, failures)
+    known = {k: v for part in gathered for k, v in part.items()}
+    return _prepare_volumes(manifest, spec, cache_root, exclusions, workers, known_failures=known)
 
 
-def _prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str | Path,
-                     exclusions: Exclusions, workers: int | None) -> pd.DataFrame:
+def _prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str | Path, exclusions: Exclusions,
+                     workers: int | None, shard: tuple[int, int] | None = None,
+                     known_failures: dict | None = None):
+    """The work of :func:`prepare_volumes`. With ``shard=(r, n)`` only this rank's share of the
+    uncached images is preprocessed and ``{manifest index: problem}`` of its failures is returned;
+    with ``known_failures`` those images are excluded without being tried again."""
+    known_failures = known_failures or {}
     cache = VolumeCache(cache_root, spec)
     todo, paths = [], [""] * len(manifest)
     for i, row in enumerate(manifest.itertuples(index=False)):
@@ -252,8 +296,12 @@ def _prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str |
             continue
         if p.exists() and cache.is_valid(p):
             paths[i] = str(p)
+        elif i in known_failures:
+            exclusions.add(row.dataset, row.image_path, known_failures[i], "preprocess")
         else:
             todo.append((i, str(cache_root), spec.to_dict(), row.image_path, row.mask_path))
+    if shard is not None:
+        todo = todo[shard[0]::shard[1]]
     if todo:
         workers = workers or min(4, len(os.sched_getaffinity(0)))
         log.info("preprocessing %d volumes (%d cached) with %d workers", len(todo), sum(1 for p in paths if p), workers)
@@ -276,5 +324,9 @@ def _prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str |
             else:
                 row = manifest.iloc[idx]
                 exclusions.add(row["dataset"], row["image_path"], problem, "preprocess")
+        if shard is not None:
+            return {idx: problem for idx, path, problem in results if not path}
+    if shard is not None:
+        return {}
     out = manifest.assign(cache_path=paths)
     return out[out["cache_path"] != ""].reset_index(drop=True)

@@ -1,0 +1,98 @@
+"""The shared preprocessing (common/data/standardize.py): the same brain gives the same array however
+it was acquired (model-free invariance on a real IXI-HH scan), bad scans are excluded with the step
+named, and the method grids are what the methods expect."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from common.data.checks import BadImageError, load_checked
+from common.data.standardize import StandardBrain, standardize_brain, to_method_grid
+from common.data.variants import standard_variants
+
+#: The acceptance criteria of the invariance test (inside the brain, against the native scan).
+MIN_CORRELATION, MIN_DICE = 0.95, 0.95
+SCAN = "IXI012-HH-1211"
+#: The grid the correlation is computed on: 4 mm, the resolution at which the main job's 3D models see
+#: the brain (resnet3d 48³ at 4 mm, TSAN's 2 mm input pooled to 4 mm, the OASIS ResBlock at 8 mm). At the
+#: stored 2 mm the 3 mm and 5 mm-slice variants correlate about 0.92: detail their acquisition never
+#: recorded, which no preprocessing can bring back.
+GRID = ((48, 48, 48), (4.0, 4.0, 4.0))
+
+
+def _compare(a: StandardBrain, b: StandardBrain) -> tuple[float, float]:
+    """Correlation of the two brains on :data:`GRID` inside both brains; Dice of the 2 mm masks."""
+    ga, gb = (to_method_grid(x, *GRID)[0] for x in (a, b))
+    inside = (ga != 0) & (gb != 0)
+    corr = float(np.corrcoef(ga[inside], gb[inside])[0, 1])
+    dice = 2 * int((a.mask & b.mask).sum()) / (int(a.mask.sum()) + int(b.mask.sum()))
+    return corr, dice
+
+
+@pytest.fixture(scope="module")
+def native():
+    from pathlib import Path
+
+    from tests.conftest import SHARED_DATA
+
+    root = Path(__import__("os").environ.get("DATA_ROOT", SHARED_DATA)) / "ixi_hh"
+    path = root / "T1" / f"{SCAN}_T1.nii.gz"
+    if not path.exists():
+        pytest.skip(f"real data not found at {root} (set DATA_ROOT); invariance test skipped")
+    data, affine, _ = load_checked(path)
+    mask = np.asarray(nib.load(root / "DLMUSE" / f"{SCAN}_T1_DLMUSE.nii.gz").dataobj) > 0
+    return data, affine, mask, standardize_brain(data, affine)
+
+
+@pytest.mark.parametrize("variant", list(standard_variants(np.ones(1))))
+def test_preprocessed_brain_is_invariant_to_acquisition(native, variant):
+    data, affine, mask, reference = native
+    assert reference.qc["template_dice"] > 0.9
+    varied = standardize_brain(*standard_variants(mask)[variant](data, affine))
+    corr, dice = _compare(reference, varied)
+    assert corr >= MIN_CORRELATION and dice >= MIN_DICE, f"{variant}: correlation {corr:.3f}, Dice {dice:.3f}"
+
+
+def test_the_sources_own_pipeline_is_not_invariant(native):
+    """The same criterion on the pipeline of the previous main (resnet3d's source pipeline: skull on,
+    no registration; its earlier ``cpu`` grid): a head that moves in the field of view, or a field of
+    view that ends elsewhere, gives another array (measured: correlation 0.57-0.76), which is why the
+    main job's profiles use the shared preprocessing."""
+    from common.data.preprocess import VolumeSpec, _monai_pipeline
+
+    data, affine, mask, _ = native
+    spec = VolumeSpec(shape=GRID[0], spacing_mm=GRID[1])
+    ref = _monai_pipeline(data, affine, spec)[0]
+    failing = []
+    for name, make in standard_variants(mask).items():
+        out = _monai_pipeline(*make(data, affine), spec)[0]
+        inside = (ref != 0) & (out != 0)
+        if np.corrcoef(ref[inside], out[inside])[0, 1] < MIN_CORRELATION:
+            failing.append(name)
+    assert {"nodding_10deg", "turned_10deg", "shifted_15mm_forward", "fov_inferior_15pct_missing"} <= set(failing)
+
+
+def test_a_scan_without_a_brain_is_excluded_with_the_step(tmp_path):
+    from tests.conftest import write_volume
+
+    path = write_volume(tmp_path / "blob.nii.gz", shape=(40, 48, 40), kind="ok")
+    data, affine, _ = load_checked(path)
+    with pytest.raises(BadImageError, match="brain extraction"):
+        standardize_brain(data, affine)
+
+
+def test_method_grid_shapes_and_brain_zscore():
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in (91, 109, 91)], indexing="ij"))
+    mask = (grid ** 2).sum(0) < 0.5
+    brain = np.where(mask, 100 + 10 * rng.standard_normal(mask.shape), 0).astype(np.float32)
+    standard = StandardBrain(brain, mask, {})
+    for shape, spacing in (((91, 109, 91), 2.0), ((48, 48, 48), 4.0), ((32, 32, 32), 8.0), ((96, 96, 96), 2.0)):
+        out = to_method_grid(standard, shape, (spacing,) * 3)
+        inside = out[0] != 0
+        assert out.shape == (1, *shape) and out.dtype == np.float32
+        assert abs(out[0][inside].mean()) < 1e-3 and out[0][inside].std() == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="2 mm"):
+        to_method_grid(standard, (182, 218, 182), (1.0,) * 3)
