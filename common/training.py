@@ -351,8 +351,19 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtyp
     return distributed.gather_predictions(*result) if shared else result
 
 
+def warmup_factor(epoch: int, warmup_epochs: int) -> float:
+    """Linear warm-up multiplier of the learning rate in epoch ``epoch`` (0-based): ``(epoch + 1) /
+    warmup_epochs`` during the warm-up, then 1, so the peak rate is first used in epoch
+    ``warmup_epochs`` (1-based), as in the OASIS tutorial (``get_lr_multiplier``) and the 3D ResNet
+    track of "brain-age-estimation" (``LambdaLR`` with ``(e + 1) / 5``)."""
+    return (epoch + 1) / warmup_epochs if epoch < warmup_epochs else 1.0
+
+
 class WarmupThenPlateau:
-    """Linear warm-up for ``warmup_epochs``, then ``ReduceLROnPlateau`` on the validation score.
+    """Linear warm-up (:func:`warmup_factor`) with ``ReduceLROnPlateau`` on the validation score
+    stepped after every epoch, warm-up epochs included, as the OASIS tutorial does: during the
+    warm-up the warm-up rate overrides any plateau cut; the plateau's patience and best score count
+    from epoch 0.
 
     Stepped once per epoch with the validation score (``needs_metric``), as :func:`fit_model` does.
     """
@@ -361,29 +372,31 @@ class WarmupThenPlateau:
 
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_epochs: int, factor: float, patience: int,
                  min_lr: float, mode: str = "min"):
-        from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+        self.optimizer = optimizer
         self.warmup_epochs = warmup_epochs
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.epoch = 0
-        self.warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_epochs + 1), total_iters=warmup_epochs) \
-            if warmup_epochs > 0 else None
         self.plateau = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+        self._set_warmup_lr()
+
+    def _set_warmup_lr(self) -> None:
+        if self.epoch < self.warmup_epochs:
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * warmup_factor(self.epoch, self.warmup_epochs)
 
     def step(self, metric: float) -> None:
-        if self.warmup is not None and self.epoch < self.warmup_epochs:
-            self.warmup.step()
-        else:
-            self.plateau.step(metric)
+        self.plateau.step(metric)
         self.epoch += 1
+        self._set_warmup_lr()
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "warmup": self.warmup.state_dict() if self.warmup else None,
-                "plateau": self.plateau.state_dict()}
+        return {"epoch": self.epoch, "base_lrs": self.base_lrs, "plateau": self.plateau.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
-        if self.warmup is not None and state["warmup"] is not None:
-            self.warmup.load_state_dict(state["warmup"])
+        self.base_lrs = state.get("base_lrs", self.base_lrs)
         self.plateau.load_state_dict(state["plateau"])
 
 

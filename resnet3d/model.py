@@ -6,8 +6,9 @@ a 3D ResNet-18 (He et al., CVPR 2016, "Deep Residual Learning for Image Recognit
 
 Architecture: Conv3d 1->64, 7^3, stride 2 + BN + ReLU; 3^3 max-pool stride 2; four stages of two
 basic blocks with 64/128/256/512 channels (stride 2 from stage 2 on, 1x1x1 conv projection
-shortcuts); global average pool; dropout 0.3; Linear 512 -> 1. Kaiming-normal initialisation of
-the convolutions (MONAI's ``ResNet`` init). The trunk is MONAI's ``monai.networks.nets.ResNet``.
+shortcuts without bias); global average pool; dropout 0.3; Linear 512 -> 1. Kaiming-normal
+initialisation of the convolutions (MONAI's ``ResNet`` init), Xavier-uniform output weights and a
+zero output bias, as the source. The trunk is MONAI's ``monai.networks.nets.ResNet``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ class BrainAgeResNet3D(nn.Module):
         self.trunk = ResNet(
             block="basic", layers=[2, 2, 2, 2], block_inplanes=list(widths), spatial_dims=3,
             n_input_channels=1, conv1_t_size=7, conv1_t_stride=2, no_max_pool=False,
-            shortcut_type="B", num_classes=1, feed_forward=False,
+            shortcut_type="B", num_classes=1, feed_forward=False, bias_downsample=False,
         )
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(widths[-1], 1)
+        nn.init.xavier_uniform_(self.fc.weight)  # the source's output-layer initialisation
         nn.init.zeros_(self.fc.bias)
         with torch.no_grad():
             self.fc.bias.fill_(init_age_bias)

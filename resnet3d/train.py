@@ -22,6 +22,7 @@ from common.cli import run as run_cli
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import int_tuple, publication, resolve_profile
+from common.training import warmup_factor
 from resnet3d.model import BrainAgeResNet3D
 
 log = logging.getLogger("resnet3d")
@@ -29,17 +30,24 @@ log = logging.getLogger("resnet3d")
 METHOD = "resnet3d"
 METHOD_LABEL = "3D ResNet-18 (Huber)"
 SOURCE = 'open-source "brain-age-estimation" project, 3D ResNet-18 track (IXI, MONAI)'
-SOURCE_REPORTED = {"dataset": "IXI (all sites)", "split": "80 validation subjects", "mae": 9.13, "pearson_r": 0.734}
+SOURCE_REPORTED = {
+    "dataset": "IXI (all sites)", "split": "80 validation subjects (also the checkpoint-selection set)", "mae": 9.13,
+    "pearson_r": 0.734,
+    "recipe": "the source's older recipe (Results_3DResNet of commit af323c9): L1 loss, Adam lr 1e-4, cosine over 60 "
+              "epochs without warm-up (curve ends at epoch 35), no bias correction; the source reports no number for the "
+              "recipe of the paper profile (Huber, AdamW 1e-5, 5 + 95 epochs)"}
+#: The source's bias correction: age regressed on predicted age, fitted on validation (common.metrics).
+CORRECTION = "age_on_pred"
 
 #: ``paper``: the source's settings. ``cpu``: what must be cut to fit ~10 min per dataset on
 #: 2 CPU cores (see README "Deviations").
 PROFILES = {
     "paper": dict(image_size=96, spacing_mm=2.0, epochs=100, batch_size=2, lr=1e-5, weight_decay=1e-4,
                   warmup_epochs=5, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp_dtype="fp16",
-                  init_bias_to_mean=False, precise_bn=False, flip_axes="0,1,2"),
+                  init_bias_to_mean=False, precise_bn=False, flip_axes="0,1,2", pipeline="monai"),
     "cpu": dict(image_size=48, spacing_mm=4.0, epochs=16, batch_size=4, lr=3e-4, weight_decay=1e-4,
                 warmup_epochs=1, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp_dtype="fp32",
-                init_bias_to_mean=True, precise_bn=True, flip_axes="0"),
+                init_bias_to_mean=True, precise_bn=True, flip_axes="0", pipeline="mni_brain"),
 }
 
 
@@ -53,13 +61,15 @@ def _augmentation(seed: int, flip_axes: tuple[int, ...] = (0, 1, 2)) -> Compose:
 
 
 def _warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup: int, min_lr: float):
-    """Linear warm-up over ``warmup`` epochs, then cosine decay to ``min_lr`` (stepped per epoch)."""
-    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+    """The source's schedule, stepped per epoch: epochs 1..``warmup`` at ``(e + 1) / warmup`` of the
+    peak rate (:func:`common.training.warmup_factor`), then cosine decay to ``min_lr`` over
+    ``epochs - warmup`` epochs, starting at the peak."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, SequentialLR
 
     cosine = CosineAnnealingLR(optimizer, T_max=max(1, epochs - warmup), eta_min=min_lr)
     if warmup <= 0:
         return cosine
-    linear = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    linear = LambdaLR(optimizer, functools.partial(warmup_factor, warmup_epochs=warmup))
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
@@ -74,7 +84,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
           huber_delta: float | None = None, dropout: float | None = None, grad_clip: float | None = None,
           image_size: int | None = None, spacing_mm: float | None = None, amp_dtype: str | None = None,
           init_bias_to_mean: bool | None = None, precise_bn: bool | None = None, flip_axes: str | None = None,
-          widths: str = "64,128,256,512", seed: int = 42,
+          pipeline: str | None = None, widths: str = "64,128,256,512", seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
           results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
           resume: bool = False, publish: bool = True) -> str:
@@ -105,6 +115,9 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
             validation (and so in the saved checkpoints).
         flip_axes: comma-separated axes (RAS: 0 left-right, 1 anterior-posterior, 2 inferior-superior)
             randomly flipped in training (source: all three).
+        pipeline: preprocessing: ``monai`` (the source's: skull on, reorient, resample, centred crop)
+            or ``mni_brain`` (the shared one: brain extraction, N4, affine to the MNI152 brain;
+            common/data/standardize.py).
         widths: channels of the four ResNet stages, comma-separated.
         seed: random seed.
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda``...
@@ -125,12 +138,12 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         image_size=image_size, spacing_mm=spacing_mm, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr, huber_delta=huber_delta,
         dropout=dropout, grad_clip=grad_clip, amp_dtype=amp_dtype, init_bias_to_mean=init_bias_to_mean,
-        precise_bn=precise_bn, flip_axes=flip_axes)
+        precise_bn=precise_bn, flip_axes=flip_axes, pipeline=pipeline)
     hp = resolve_profile(PROFILES, profile, overrides)
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     hp["flip_axes"] = ",".join(str(a) for a in int_tuple(hp["flip_axes"]))
     hp["widths"] = list(int_tuple(widths))
-    spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3)
+    spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3, pipeline=hp["pipeline"])
 
     def build(train_frame) -> RegressorSetup:
         train_mean = float(train_frame["age"].mean())
@@ -167,13 +180,15 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = _wall_start or time.time()
-    report, frame, cfg, model = evaluate_brain_age(run_dir, METHOD, model_from_checkpoint, device, _frame)
+    report, frame, cfg, model = evaluate_brain_age(run_dir, METHOD, model_from_checkpoint, device, _frame,
+                                                      correction_formula=CORRECTION)
     if publish:
         params = {k: cfg[k] for k in PROFILES["paper"]} | {"widths": cfg["widths"], "seed": cfg["seed"]}
         notes = [] if cfg["profile"] == "paper" else [
             f"cpu profile: {cfg['image_size']}^3 at {cfg['spacing_mm']} mm, {cfg['epochs']} epochs, batch "
             f"{cfg['batch_size']}, lr {cfg['lr']}, output bias initialised to the training mean age, "
-            f"precise BatchNorm statistics, flips along axes {cfg['flip_axes']} only"]
+            f"precise BatchNorm statistics, flips along axes {cfg['flip_axes']} only, preprocessing "
+            f"{cfg.get('pipeline', 'monai')}"]
         publish_trained_run(cfg, frame, report, model, run_dir, method=METHOD, method_label=METHOD_LABEL,
                             source=SOURCE, source_reported=SOURCE_REPORTED, params=params, notes=notes, fit=_fit,
                             wall_start=t0, device=device)

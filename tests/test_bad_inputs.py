@@ -114,7 +114,8 @@ def test_training_entry_point(tmp_path):
     (tmp_path / "results" / "splits").mkdir(parents=True)
     make_age_stratified_split(subjects, seed=0).to_csv(tmp_path / "results" / "splits" / "study.csv", index=False)
     run = train.train(dataset="study", data_root=str(tmp_path / "data"), profile="cpu", epochs=1, batch_size=2,
-                      image_size=16, spacing_mm=3.0, widths="4,8,8,8", run_name="bad", runs_dir=str(tmp_path / "runs"),
+                      image_size=16, spacing_mm=3.0, widths="4,8,8,8", pipeline="monai", run_name="bad",
+                      runs_dir=str(tmp_path / "runs"),
                       results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"), publish=False)
     excluded = pd.read_csv(f"{run}/exclusions.csv")
     text = "\n".join(excluded["item"] + ": " + excluded["reason"])

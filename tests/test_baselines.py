@@ -10,7 +10,7 @@ import torch
 
 from baselines.oasis_resblock.model import OasisResBlockRegressor
 from baselines.oasis_resblock.train import DenormalisedAge, ZScoredMSE
-from baselines.vgg16_svr.features import VGG16Features, axial_triplets, central_positions
+from baselines.vgg16_svr.features import VGG16Features, central_positions, source_triplets, standard_triplets
 from baselines.vgg16_svr.train import fit_early_fusion, fit_late_fusion
 from common.data.preprocess import centred_target_affine
 from common.pretrained import WeightsUnavailableError
@@ -54,24 +54,27 @@ def test_warmup_then_plateau():
     lrs = []
     for _ in range(8):
         lrs.append(opt.param_groups[0]["lr"])
-        sched.step(1.0)  # never improves after warm-up
-    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1e-3)
-    assert lrs[-1] < 1e-3, "plateau halves the rate when the validation loss stalls"
+        sched.step(1.0)  # never improves
+    # the tutorial: lr/3, 2lr/3, lr; its plateau counts from epoch 0, so the first cut comes right after
+    assert lrs[:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert lrs[3] == pytest.approx(5e-4) and lrs[-1] < lrs[3]
     state = sched.state_dict()
     other = WarmupThenPlateau(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3), 3, 0.5, 1, 1e-6)
     other.load_state_dict(state)
     assert other.epoch == 8
 
 
-def test_axial_triplets_count_order_and_channels():
+def test_triplets_count_order_and_channels():
     vol = np.zeros((4, 5, 10), np.float32)
     for z in range(10):
         vol[..., z] = z
-    trip = axial_triplets(vol, np.diag([1.0, 1.0, 1.0, 1.0]))
+    trip = standard_triplets(vol)
     assert trip.shape == (3, 3, 4, 5), "10 slices -> 3 non-overlapping triplets, the last slice dropped"
-    np.testing.assert_allclose(trip[1, :, 0, 0], np.array([3, 4, 5]) / 9.0)
-    flipped = axial_triplets(vol, np.diag([1.0, 1.0, -1.0, 1.0]))  # stored superior-to-inferior
-    np.testing.assert_allclose(flipped[0, :, 0, 0], np.array([9, 8, 7]) / 9.0)  # reoriented to RAS
+    np.testing.assert_allclose(trip[1, :, 0, 0], np.array([3, 4, 5]) / 9.0)  # min-max scaled
+    # the source: raw voxel axis 2, whatever the orientation, its first 120 slices, raw values / 255
+    raw = np.broadcast_to(np.arange(150, dtype=np.float32), (4, 5, 150)).copy()
+    src = source_triplets(raw)
+    assert src.shape == (40, 3, 4, 5) and src[-1, -1, 0, 0] == pytest.approx(119 / 255)
     assert list(central_positions(40, 12)) == list(range(14, 26)) and len(central_positions(5, None)) == 5
 
 

@@ -98,7 +98,7 @@ def _train_resnet3d(tmp_path: Path, run_name: str, **overrides) -> Path:
 
     args = dict(dataset="study", data_root=str(tmp_path / "data"), results_dir=str(tmp_path / "results"),
                 cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"), profile="cpu", epochs=2,
-                batch_size=2, image_size=16, spacing_mm=3.0, widths="4,4,8,8", run_name=run_name)
+                batch_size=2, image_size=16, spacing_mm=3.0, widths="4,4,8,8", pipeline="monai", run_name=run_name)
     return Path(train(**{**args, **overrides}))
 
 

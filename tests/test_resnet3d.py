@@ -34,8 +34,17 @@ def test_architecture_matches_source():
     assert [len(getattr(model.trunk, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
     assert model.trunk.layer4[-1].conv2.out_channels == 512
     assert model.dropout.p == 0.3 and model.fc.in_features == 512 and model.fc.out_features == 1
-    assert sum(p.numel() for p in model.parameters()) == 33_161_409
+    # the source's shortcut 1x1x1 convolutions have no bias (BatchNorm follows)
+    assert all(m.bias is None for m in model.trunk.modules() if isinstance(m, torch.nn.Conv3d))
+    assert sum(p.numel() for p in model.parameters()) == 33_160_513
     assert float(model.fc.bias) == 0.0
+
+
+def test_output_layer_is_xavier_uniform():
+    torch.manual_seed(0)
+    weight = BrainAgeResNet3D().fc.weight
+    bound = (6 / (512 + 1)) ** 0.5  # Xavier uniform, as the source; PyTorch's default would be 1/sqrt(512)
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
 
 
 def test_output_bias_initialisation():
@@ -61,8 +70,10 @@ def test_warmup_then_cosine_schedule():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[0] < lrs[1] < lrs[4] < lrs[5] == pytest.approx(1e-5)
-    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))
+    # the source's LambdaLR (e + 1) / 5: epochs 1-5 at 0.2, 0.4, ..., 1.0 of the peak
+    assert lrs[:5] == pytest.approx([2e-6, 4e-6, 6e-6, 8e-6, 1e-5])
+    assert lrs[5] == pytest.approx(1e-5)  # the cosine starts at the peak
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
     assert lrs[-1] == pytest.approx(1e-6, rel=0.05)
 
 

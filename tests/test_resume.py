@@ -18,7 +18,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     write_study(tmp_path, 20)
     args = ["--dataset=study", f"--data_root={tmp_path / 'data'}", f"--results_dir={tmp_path / 'results'}",
             f"--cache_dir={tmp_path / 'cache'}", "--profile=cpu", f"--epochs={EPOCHS}", "--batch_size=2",
-            "--image_size=24", "--spacing_mm=2", "--widths=4,8,8,8"]
+            "--image_size=24", "--spacing_mm=2", "--widths=4,8,8,8", "--pipeline=monai"]
     out = kill_and_resume("resnet3d.train", args, tmp_path / "runs", kill_after=2, timeout=300,
                           env={"OMP_NUM_THREADS": "1"})
     assert out["killed_after_epoch"] < EPOCHS - 1, "the run was killed before it finished"

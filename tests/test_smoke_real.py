@@ -22,7 +22,8 @@ def test_resnet3d_smoke_on_real_ixi(shared_data, tmp_path, monkeypatch):
     results = tmp_path / "results"
     shutil.copytree(f"{REPO_RESULTS}/splits", results / "splits")
     run_dir = train_cli.train(dataset="ixi_hh", profile="cpu", epochs=1, batch_size=2, image_size=32, spacing_mm=6.0,
-                              widths="8,16,16,32", max_per_split=4, run_name="smoke", runs_dir=str(tmp_path / "runs"),
+                              widths="8,16,16,32", max_per_split=4, pipeline="monai", run_name="smoke",
+                              runs_dir=str(tmp_path / "runs"),
                               results_dir=str(results), cache_dir=str(tmp_path / "cache"))
     run = tmp_path / "runs" / "resnet3d" / "ixi_hh" / "smoke"
     assert run_dir == str(run)
@@ -78,7 +79,7 @@ def test_midslice_and_brain_age_groups_smoke_on_real_ds000228(shared_data, tmp_p
         "participant_id", "label", "pred", "prob_Ages3-5", "prob_Ages7-12", "prob_Adults"}
 
     train_cli.train(dataset="ds000228", profile="cpu", epochs=1, batch_size=2, image_size=32, spacing_mm=6.0,
-                    widths="8,16,16,32", max_per_split=4, run_name="smoke", runs_dir=str(tmp_path / "runs"),
+                    widths="8,16,16,32", max_per_split=4, pipeline="monai", run_name="smoke", runs_dir=str(tmp_path / "runs"),
                     results_dir=str(results), cache_dir=str(tmp_path / "cache"))
     from_brain_age.main(results_dir=str(results))
     derived = json.loads((results / "resnet3d_agegroups__ds000228.json").read_text())

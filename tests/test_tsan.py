@@ -169,8 +169,9 @@ def test_two_stages_end_to_end(tmp_path):
     write_study(tmp_path, 24, shape=(24, 28, 24), sexes=sexes, age=lambda i: 20 + 3.5 * i)
     dirs = dict(data_root=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
                 cache_dir=str(tmp_path / "cache"))
-    pretrain_sorter(seq_len=4, steps=5, batch_size=8, hidden=8, n_val=16,
-                    out_path=tsan.sorter_path(4, tsan.PROFILES["cpu"], dirs["cache_dir"]))
+    for tied in (True, False):  # stage 1 loads a tied-rank sorter, stage 2 a non-tied one (as the source)
+        pretrain_sorter(seq_len=4, steps=5, batch_size=8, hidden=8, n_val=16, tied=tied,
+                        out_path=tsan.sorter_path(4, tsan.PROFILES["cpu"], dirs["cache_dir"], tied=tied))
     run1 = tsan.train_first_stage(dataset="study", profile="cpu", epochs=2, batch_size=4, nb_filter=2, nb_block=2,
                                   downsample=4,
                                   registration="monai", use_dataset_mask=False, run_name="s1", **dirs)

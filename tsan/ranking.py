@@ -58,10 +58,15 @@ def descending_rank(values: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(((n - (rankdata(v) - 1)) / n).astype(np.float32))
 
 
-def random_sequences(n: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
+def random_sequences(n: int, seq_len: int, rng: np.random.Generator, tied: bool = False) -> np.ndarray:
     """``n`` synthetic sequences drawn as SoDeep's ``get_rand_seq`` does: for each, one of ten
     families (uniform [-1, 1] twice, standard normal, an increasing or shuffled arithmetic ramp between
     two uniform numbers, mixtures of two families split at a random point, and the fixed ramp -1..1).
+
+    With ``tied``, every other sequence (on average) is rounded onto a random number of equally spaced
+    levels (2 to ``seq_len``) between its minimum and maximum, so that ties occur as they do among
+    integer ages in a batch: the training data of a tied-rank sorter. TSAN's stage 1 loads such a
+    sorter (``Tied_rank_best_lstmla_slen_32``); its recipe is not public, so this one is ours.
     Shapes: -> (n, seq_len) float32."""
     out = np.empty((n, seq_len), np.float32)
     for i in range(n):
@@ -86,6 +91,11 @@ def random_sequences(n: int, seq_len: int, rng: np.random.Generator) -> np.ndarr
             seq = np.concatenate([part, rng.uniform(-1, 1, seq_len - split)])
         else:
             seq = np.linspace(-1, 1, seq_len, endpoint=False)
+        if tied and rng.random() < 0.5:
+            levels = int(rng.integers(2, seq_len + 1))
+            low, high = float(seq.min()), float(seq.max())
+            if high > low:
+                seq = low + np.round((seq - low) / (high - low) * (levels - 1)) / (levels - 1) * (high - low)
         out[i] = seq
     return out
 
@@ -98,9 +108,10 @@ def _ranks(batch: np.ndarray) -> torch.Tensor:
 
 def pretrain_sorter(seq_len: int, steps: int = 3000, batch_size: int = 256, lr: float = 1e-3,
                     lr_step: int = 1000, hidden: int = 512, seed: int = 0, n_val: int = 2048,
-                    out_path: str | Path | None = None) -> tuple[SoDeepSorter, dict]:
+                    out_path: str | Path | None = None, tied: bool = False) -> tuple[SoDeepSorter, dict]:
     """Train a sorter on synthetic sequences (the SoDeep recipe: L1 loss, Adam, lr halved every
-    ``lr_step`` steps), keep the weights with the lowest L1 on a fixed validation set.
+    ``lr_step`` steps), keep the weights with the lowest L1 on a fixed validation set. ``tied``:
+    sequences with ties and tied (average) target ranks (:func:`random_sequences`).
 
     Returns:
         ``(sorter, report)``; report: ``val_l1``, ``val_spearman`` (mean Spearman correlation of the
@@ -114,13 +125,13 @@ def pretrain_sorter(seq_len: int, steps: int = 3000, batch_size: int = 256, lr: 
     sorter = SoDeepSorter(seq_len, hidden)
     optimizer = torch.optim.Adam(sorter.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, lr_step, 0.5)
-    val_x = random_sequences(n_val, seq_len, rng)
+    val_x = random_sequences(n_val, seq_len, rng, tied)
     val_y = _ranks(val_x)
     val_t = torch.from_numpy(val_x)
     best, best_state, t0 = np.inf, None, time.time()
     loss_fn = nn.L1Loss()
     for step in range(steps):
-        x = random_sequences(batch_size, seq_len, rng)
+        x = random_sequences(batch_size, seq_len, rng, tied)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(sorter(torch.from_numpy(x)), _ranks(x))
         loss.backward()
@@ -137,7 +148,7 @@ def pretrain_sorter(seq_len: int, steps: int = 3000, batch_size: int = 256, lr: 
     with torch.no_grad():
         pred = sorter(val_t).numpy()
     rho = float(np.nanmean([spearmanr(p, y).statistic for p, y in zip(pred, val_y.numpy())]))
-    report = {"seq_len": seq_len, "hidden": hidden, "steps": steps, "batch_size": batch_size, "lr": lr,
+    report = {"seq_len": seq_len, "tied": tied, "hidden": hidden, "steps": steps, "batch_size": batch_size, "lr": lr,
               "lr_step": lr_step, "seed": seed, "val_l1": best, "val_spearman": rho, "seconds": time.time() - t0}
     if out_path is not None:
         save_torch(out_path, {"state_dict": sorter.state_dict(), "report": report})

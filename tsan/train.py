@@ -8,8 +8,8 @@
 
 Source: Liu et al., MICCAI 2020; Cheng et al., IEEE TMI 2021; public code "TSAN-brain-age-estimation"
 (``bash_train_first_stage.sh``: batch 32, Adam amsgrad lr 1e-3, weight decay 5e-4, lambda 10, beta 1,
-150 epochs; ``bash_train_second_stage.sh``: batch 8, SGD lr 1e-5, dis_range 5). Deviations are listed
-in tsan/README.md.
+150 epochs, tied-rank sorter of length 32; ``bash_train_second_stage.sh``: batch 32, SGD lr 1e-5,
+dis_range 5, non-tied sorter of length 32). Deviations are listed in tsan/README.md.
 """
 
 from __future__ import annotations
@@ -39,7 +39,14 @@ from tsan.ranking import RankingLoss, TSANLoss, load_sorter, pretrain_sorter
 log = logging.getLogger("tsan")
 
 SOURCE = 'Liu et al. MICCAI 2020 / Cheng et al. IEEE TMI 2021; public code "TSAN-brain-age-estimation"'
-SOURCE_REPORTED = {"dataset": "6,586 healthy T1 scans (pooled public datasets)", "mae": 2.428, "pearson_r": 0.985}
+SOURCE_REPORTED = {
+    "dataset": "6,586 healthy T1 scans (pooled public datasets)", "mae": 2.428, "pearson_r": 0.985,
+    "recipe": "the papers' two-stage model (Cheng et al. TMI 2021, Table), FSL preprocessing (FAST bias field, FLIRT + "
+              "FNIRT to MNI 2 mm, brain mask carried back from the template), batch 32, 150 epochs per stage; the "
+              "public code ships no result files"}
+#: The source's bias correction (bias_correction.py, removed from its repository in 2021): the brain
+#: age gap regressed on age, the fit subtracted (common.metrics); here fitted on validation.
+CORRECTION = "gap_on_age"
 STAGE1, STAGE2 = "tsan_stage1", "tsan_stage2"
 #: Stage-2 variants: the faithful default and the non-default fix of the collapse study (README).
 VARIANTS = {"faithful": STAGE2, "normalized_d": "tsan_stage2_normd", "out_of_fold": "tsan_stage2_oof"}
@@ -50,17 +57,19 @@ HELD_OUT = "oof_held_out"
 
 _SOURCE_SORTER = dict(sorter_hidden=512, sorter_steps=562_400, sorter_lr_step=98_420, sorter_batch=256)
 #: ``paper``: the public code's settings (SoDeep's sorter recipe: 400 epochs of 1,406 batches, lr
-#: halved every 70 epochs). ``cpu``: registration affine only, input average-pooled to 4 mm, half the
-#: width, batch 8 for both stages (one sorter of length 8), few epochs and a smaller sorter, so that
+#: halved every 70 epochs) with the shared preprocessing's SyN. ``cpu``: registration affine only, input
+#: average-pooled to 4 mm, half the width, batch 8 for both stages (sorters of length 8), few epochs and
+#: a smaller sorter, so that
 #: both stages fit about 15 minutes per dataset on 2 cores (see README "Deviations").
 PROFILES = {
-    "paper": dict(registration="ants_syn_mni", use_dataset_mask=True, downsample=1, nb_filter=8, nb_block=5,
-                  batch_size=32, stage2_batch_size=8, epochs=150, stage2_epochs=150, lr=1e-3, stage2_lr=1e-5,
+    "paper": dict(registration="mni_brain_syn", use_dataset_mask=False, downsample=1, nb_filter=8, nb_block=5,
+                  batch_size=32, stage2_batch_size=32, epochs=150, stage2_epochs=150, lr=1e-3, stage2_lr=1e-5,
                   weight_decay=5e-4, lbd=10.0, beta=1.0, dis_range=5.0, lr_patience=5, lr_factor=0.5,
                   early_stopping=20, grad_clip=None, amp_dtype="fp32", precise_bn=False, oof_folds=5, **_SOURCE_SORTER),
 }
-PROFILES["cpu"] = dict(PROFILES["paper"], registration="ants_affine_mni", downsample=2, nb_filter=4, batch_size=8,
-                       epochs=12, stage2_epochs=6, oof_folds=2, sorter_hidden=128, sorter_steps=600, sorter_lr_step=300,
+PROFILES["cpu"] = dict(PROFILES["paper"], registration="mni_brain", downsample=2, nb_filter=4, batch_size=8,
+                       stage2_batch_size=8, epochs=12, stage2_epochs=6, oof_folds=2, sorter_hidden=128, sorter_steps=600,
+                       sorter_lr_step=300,
                        sorter_batch=128)
 
 #: Subjects without a recorded sex cannot be fed to TSAN (sex is an input).
@@ -72,30 +81,35 @@ def _spec(hp: dict) -> VolumeSpec:
                       apply_mask=bool(hp["use_dataset_mask"]), intensity="zscore_nonzero")
 
 
-def sorter_path(seq_len: int, hp: dict, cache_dir: str, seed: int = 0) -> Path:
-    """Where the sorter for ``seq_len`` and the profile's recipe is cached."""
-    return (Path(cache_dir) / "tsan" /
-            f"sorter_len{seq_len}_h{hp['sorter_hidden']}_steps{hp['sorter_steps']}_b{hp['sorter_batch']}_seed{seed}.pt")
+#: The source's sorters: stage 1 loads a tied-rank one, stage 2 a non-tied one (bash_train_*_stage.sh).
+STAGE_SORTER_TIED = {1: True, 2: False}
 
 
-def get_sorter(seq_len: int, hp: dict, cache_dir: str, seed: int = 0):
+def sorter_path(seq_len: int, hp: dict, cache_dir: str, seed: int = 0, tied: bool = False) -> Path:
+    """Where the sorter for ``seq_len``, tied or not, and the profile's recipe is cached."""
+    return (Path(cache_dir) / "tsan" / f"sorter_len{seq_len}{'_tied' if tied else ''}_h{hp['sorter_hidden']}"
+            f"_steps{hp['sorter_steps']}_b{hp['sorter_batch']}_seed{seed}.pt")
+
+
+def get_sorter(seq_len: int, hp: dict, cache_dir: str, seed: int = 0, tied: bool = False):
     """The cached sorter for ``seq_len``, pretrained first if missing (SoDeep weights cannot be downloaded)."""
-    path = sorter_path(seq_len, hp, cache_dir, seed)
+    path = sorter_path(seq_len, hp, cache_dir, seed, tied)
     if not path.exists():
         log.info("no sorter at %s: pretraining one (%d steps)", path, hp["sorter_steps"])
         pretrain_sorter(seq_len, steps=hp["sorter_steps"], batch_size=hp["sorter_batch"], lr_step=hp["sorter_lr_step"],
-                        hidden=hp["sorter_hidden"], seed=seed, out_path=path)
+                        hidden=hp["sorter_hidden"], seed=seed, out_path=path, tied=tied)
     sorter, report = load_sorter(path)
     log.info("sorter %s: validation Spearman %.3f, L1 %.4f", path.name, report["val_spearman"], report["val_l1"])
     return sorter, report
 
 
 def pretrain(seq_len: int = 8, profile: str | None = None, seed: int = 0, cache_dir: str = ".cache",
-             force: bool = False) -> dict:
+             force: bool = False, stage: int = 1) -> dict:
     """Pretrain (or find cached) the SoDeep sorter for sequences of ``seq_len`` (= the training batch size).
 
     Args:
-        seq_len: sequence length (``paper``: 32 for stage 1, 8 for stage 2; ``cpu``: 8 for both).
+        seq_len: sequence length (the stage's batch size: ``paper`` 32 for both stages, ``cpu`` 8).
+        stage: 1 (a tied-rank sorter, as the source's stage 1) or 2 (a non-tied one).
         profile: ``paper`` (SoDeep's recipe) or ``cpu`` (smaller, shorter).
         seed: random seed of the synthetic sequences and the initialisation.
         cache_dir: the sorter is written to ``<cache_dir>/tsan/``.
@@ -106,14 +120,16 @@ def pretrain(seq_len: int = 8, profile: str | None = None, seed: int = 0, cache_
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hp = resolve_profile(PROFILES, profile or default_profile(), {})
-    path = sorter_path(seq_len, hp, cache_dir, seed)
+    if stage not in STAGE_SORTER_TIED:
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+    path = sorter_path(seq_len, hp, cache_dir, seed, STAGE_SORTER_TIED[stage])
     if force and path.exists():
         path.unlink()
-    return get_sorter(seq_len, hp, cache_dir, seed)[1]
+    return get_sorter(seq_len, hp, cache_dir, seed, STAGE_SORTER_TIED[stage])[1]
 
 
-def _loss(hp: dict, batch: int, cache_dir: str, seed: int) -> tuple[TSANLoss, dict]:
-    sorter, report = get_sorter(batch, hp, cache_dir, seed)
+def _loss(hp: dict, batch: int, cache_dir: str, seed: int, stage: int) -> tuple[TSANLoss, dict]:
+    sorter, report = get_sorter(batch, hp, cache_dir, seed, STAGE_SORTER_TIED[stage])
     return TSANLoss(RankingLoss(sorter, hp["beta"]), hp["lbd"]), report
 
 
@@ -133,7 +149,7 @@ def _model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
 
 def _stage1_build(hp: dict, cache_dir: str) -> Callable[[pd.DataFrame], RegressorSetup]:
     """Stage 1's model, Adam (amsgrad), ReduceLROnPlateau and loss for :func:`train_brain_age`."""
-    loss, sorter_report = _loss(hp, hp["batch_size"], cache_dir, 0)
+    loss, sorter_report = _loss(hp, hp["batch_size"], cache_dir, 0, stage=1)
 
     def build(train_frame: pd.DataFrame) -> RegressorSetup:
         args = {"nb_filter": hp["nb_filter"], "nb_block": hp["nb_block"], "downsample": hp["downsample"]}
@@ -165,10 +181,14 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
         data_root: data folder (default: $DATA_ROOT, ../shared/data, data/).
         epochs, batch_size, lr, lbd, nb_filter, downsample: override the profile.
         nb_block: number of ScaleDense blocks (paper 5; fewer only for inputs coarser than 4 mm, e.g. tests).
-        registration: ``ants_syn_mni`` (paper), ``ants_affine_mni`` (cpu), or ``monai`` (no registration:
-            resample to 2 mm and pad/crop to 91x109x91, for data already in MNI space and for tests).
-        use_dataset_mask: skull-strip with the dataset's brain mask (IXI-HH DLMUSE labels, ds000228
-            analysis masks) before registration; False: the template brain mask after registration.
+        registration: the shared preprocessing (deepbet brain extraction, N4, registration of the brain
+            to the MNI152 brain; common/data/standardize.py) with ``mni_brain_syn`` (affine + SyN, paper)
+            or ``mni_brain`` (affine, cpu); the earlier ``ants_syn_mni`` / ``ants_affine_mni`` (the
+            dataset's masks, no bias-field correction); or ``monai`` (no registration: resample to 2 mm
+            and pad/crop to 91x109x91, for data already in MNI space and for tests).
+        use_dataset_mask: with ``ants_*`` or ``monai``: skull-strip with the dataset's brain mask
+            (IXI-HH DLMUSE labels, ds000228 analysis masks) before registration; False: the template
+            brain mask after registration. The ``mni_brain*`` pipelines extract the brain themselves.
         amp_dtype: training precision: ``fp32`` (both profiles; the source trains in fp32), ``bf16``
             (autocast; fast only on CPUs with native bf16 or on GPUs) or ``fp16`` (CUDA only).
         seed: random seed.
@@ -195,7 +215,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
         method=STAGE1, dataset=dataset, profile=profile, hp=hp, seed=seed, device=device,
         run_name=run_name or default_run_name(profile), runs_dir=runs_dir, results_dir=results_dir,
         cache_dir=cache_dir, data_root=data_root, max_per_split=max_per_split, resume=resume)
-    if hp["registration"].startswith("ants"):
+    if hp["registration"].startswith(("ants", "mni_brain")):
         write_registration_qc(frame, run_dir)
     _evaluate(str(run_dir), STAGE1, publish, device, frame, t0, fit)
     return str(run_dir)
@@ -316,7 +336,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
                  "dis_range": dis_range, "amp_dtype": amp_dtype}
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     hp.update({k: v for k, v in overrides.items() if v is not None})
-    loss, sorter_report = _loss(hp, hp["stage2_batch_size"], cache_dir, 0)
+    loss, sorter_report = _loss(hp, hp["stage2_batch_size"], cache_dir, 0, stage=2)
     method = VARIANTS[variant]
 
     def build(train_frame: pd.DataFrame) -> RegressorSetup:
@@ -552,7 +572,8 @@ def residual_sources(run_dir: str, device: str = "auto") -> dict:
 def _evaluate(run_dir: str, method: str, publish: bool, device: str, frame: pd.DataFrame | None = None,
               wall_start: float | None = None, fit: dict | None = None) -> dict:
     t0 = wall_start or time.time()
-    report, frame, cfg, model = evaluate_brain_age(run_dir, method, _model_from_checkpoint, device, frame, UNKNOWN_SEX)
+    report, frame, cfg, model = evaluate_brain_age(run_dir, method, _model_from_checkpoint, device, frame, UNKNOWN_SEX,
+                                                   correction_formula=CORRECTION)
     test = pd.read_csv(Path(run_dir) / "predictions_test.csv")
     report["source_metrics"] = source_metrics(test)
     notes = []

@@ -1,8 +1,8 @@
-"""Axial slice triplets -> VGG16 ``block5_pool`` features, cached per subject.
+"""Slice triplets -> VGG16 ``block5_pool`` features, cached per subject.
 
 Source: the legacy track of the open-source "brain-age-estimation" project: non-overlapping
-triplets of consecutive axial slices, each stacked as the 3 channels of one image resized to
-224x224, fed to ImageNet VGG16; the ``block5_pool`` output (7x7x512 = 25,088 values) is the feature.
+triplets of consecutive slices of voxel axis 2, each stacked as the 3 channels of one image resized
+to 224x224, fed to ImageNet VGG16; the ``block5_pool`` output (7x7x512 = 25,088 values) is the feature.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torchvision
@@ -18,6 +17,7 @@ from torch import nn
 
 from common.data.checks import load_checked
 from common.data.fingerprint import file_digest
+from common.data.standardize import StandardCache
 from common.io import atomic_write
 from common.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 
@@ -25,22 +25,48 @@ _MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-def axial_triplets(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Non-overlapping triplets of consecutive axial slices.
+#: Triplet sources: ``voxel_axis2`` (the source's: raw voxel axis 2, first ``SOURCE_MAX_SLICES``
+#: slices, raw intensities) and ``mni_axial`` (the shared preprocessing's MNI brain, axial slices).
+SLICINGS = ("voxel_axis2", "mni_axial")
+#: The source's reported run used the first 120 slices of voxel axis 2 (40 triplets).
+SOURCE_MAX_SLICES = 120
 
-    The volume is reoriented to RAS (nibabel ``as_closest_canonical``), so axial slices run along
-    the last axis, inferior to superior; intensities are min-max scaled to [0, 1] per volume;
-    trailing slices that do not fill a triplet are dropped.
+
+def slice_triplets(data: np.ndarray) -> np.ndarray:
+    """Non-overlapping triplets of consecutive slices along the last voxel axis.
+
+    Args:
+        data: (X, Y, Z) array.
 
     Returns:
-        float32 (T, 3, X, Y), T = n_axial // 3; channel c of triplet t is slice 3t + c.
+        float32 (T, 3, X, Y), T = Z // 3; channel c of triplet t is slice 3t + c; trailing slices
+        that do not fill a triplet are dropped.
     """
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
-    data = np.asarray(canonical.dataobj, dtype=np.float32)
-    lo, hi = float(data.min()), float(data.max())
-    data = (data - lo) / (hi - lo if hi > lo else 1.0)
     n = data.shape[2] // 3
     return np.stack([np.moveaxis(data[:, :, 3 * t:3 * t + 3], 2, 0) for t in range(n)]).astype(np.float32)
+
+
+def source_triplets(volume: np.ndarray) -> np.ndarray:
+    """The source's triplets: the raw voxel array (no reorientation; on IXI-HH files, stored P, S, R,
+    voxel axis 2 runs left-right, so these are sagittal), its first 120 slices, raw intensities
+    read as 0-255 pixel values (Keras ``preprocess_input`` subtracts the ImageNet means from raw
+    values; :class:`VGG16Features` divides by 255 and applies torchvision's mean/std).
+
+    Returns:
+        float32 (T, 3, X, Y) on the 0-1 pixel scale (raw / 255).
+    """
+    return slice_triplets(np.asarray(volume, np.float32)[:, :, :SOURCE_MAX_SLICES] / 255.0)
+
+
+def standard_triplets(brain: np.ndarray) -> np.ndarray:
+    """Axial triplets (inferior to superior) of a brain on the MNI grid (RAS voxel order), intensities
+    min-max scaled to [0, 1] over the volume.
+
+    Returns:
+        float32 (T, 3, X, Y).
+    """
+    lo, hi = float(brain.min()), float(brain.max())
+    return slice_triplets((brain - lo) / (hi - lo if hi > lo else 1.0))
 
 
 def central_positions(n_triplets: int, keep: int | None) -> np.ndarray:
@@ -54,7 +80,8 @@ def central_positions(n_triplets: int, keep: int | None) -> np.ndarray:
 class VGG16Features(nn.Module):
     """torchvision VGG16 convolutional part up to ``block5_pool``.
 
-    Shapes: (N, 3, 224, 224) in [0, 1] -> (N, 25088) (ImageNet mean/std normalisation inside).
+    Shapes: (N, 3, H, W) on the 0-1 pixel scale -> (N, 25088) (resized to 224 x 224, ImageNet mean/std
+    normalisation inside).
 
     Args:
         weights: ``"none"`` (random initialisation), ``"IMAGENET1K_V1"`` (torchvision weights API),
@@ -82,12 +109,19 @@ class VGG16Features(nn.Module):
 class FeatureCache:
     """Per-subject feature matrices (T_kept, 25088) stored as float32 ``.npy`` (so a run that reads
     the cache gives exactly the numbers of the run that filled it), keyed by the file's content, the
-    weights (and their initialisation seed) and the kept positions."""
+    weights (and their initialisation seed), the slicing and the kept positions.
 
-    def __init__(self, root: str | Path, extractor: VGG16Features, weights: str, keep: int | None, seed: int = 42):
-        self.extractor, self.keep = extractor, keep
-        key = f"{weights}|seed{seed}|{keep}|v3"
-        self.dir = Path(root) / "vgg16_features" / hashlib.sha1(key.encode()).hexdigest()[:12]
+    Raises:
+        ValueError: unknown ``slicing`` (:data:`SLICINGS`).
+    """
+
+    def __init__(self, root: str | Path, extractor: VGG16Features, weights: str, keep: int | None, seed: int = 42,
+                 slicing: str = "voxel_axis2"):
+        if slicing not in SLICINGS:
+            raise ValueError(f"unknown slicing {slicing!r}; choose from {SLICINGS}")
+        self.extractor, self.keep, self.slicing, self.root = extractor, keep, slicing, Path(root)
+        key = f"{weights}|seed{seed}|{keep}|{slicing}|v4"
+        self.dir = self.root / "vgg16_features" / hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def get(self, image_path: str | Path, batch_size: int = 16) -> np.ndarray:
         """Features of one scan, computed once. Raises BadImageError for a bad file."""
@@ -98,8 +132,10 @@ class FeatureCache:
                 return np.load(path)
             except (ValueError, OSError):
                 path.unlink()
-        data, affine, _ = load_checked(image_path)
-        triplets = axial_triplets(data, affine)
+        if self.slicing == "mni_axial":
+            triplets = standard_triplets(StandardCache(self.root, "Affine").get(image_path).brain)
+        else:
+            triplets = source_triplets(load_checked(image_path)[0])
         triplets = triplets[central_positions(len(triplets), self.keep)]
         feats = torch.cat([self.extractor(torch.from_numpy(triplets[i:i + batch_size]))
                            for i in range(0, len(triplets), batch_size)]).numpy()

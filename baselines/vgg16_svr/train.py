@@ -4,9 +4,10 @@
     python -m baselines.vgg16_svr.train --dataset=ixi_hh --weights=IMAGENET1K_V1
 
 Source: legacy track of the open-source "brain-age-estimation" project (IXI). Early fusion: the
-mean of a subject's triplet features -> one linear SVR (C=98, epsilon=0.064). Late fusion: one
-linear SVR per triplet position (C=1, epsilon=0.1), predictions averaged. Feature scaling is fitted
-on the training split only; the source's "oracle" and inverse-MAE weightings (which choose weights
+mean of a subject's triplet features -> StandardScaler (fitted on the training split) + one linear
+SVR (C=98, epsilon=0.064). Late fusion: one linear SVR per triplet position on the unscaled features
+(C=1, epsilon=0.1), predictions averaged (both as the notebook that produced the reported numbers).
+The source's "oracle" and inverse-MAE weightings (which choose weights
 with the evaluation labels) are not reproduced. Deviations: baselines/vgg16_svr/README.md.
 """
 
@@ -34,15 +35,20 @@ from common.runlog import RunLogger, environment_info, git_commit, progress
 log = logging.getLogger("vgg16_svr")
 
 SOURCE = 'open-source "brain-age-estimation" project, legacy VGG16 + SVR track (IXI)'
-SOURCE_REPORTED = {"early": {"dataset": "IXI, 84 validation subjects, ImageNet VGG16", "mae": 8.47},
-                   "late": {"dataset": "IXI, 84 validation subjects, ImageNet VGG16", "mae": 8.03}}
+_RECIPE = ("Brain_Age_Colab.ipynb, 70/15/15 version (Results_VGG16SVR of commit af323c9): IXI all sites, 563 subjects "
+           "split 394/84/85 at random (seed 42), scored on the 84 validation subjects (no choice made on them); Keras "
+           "ImageNet VGG16 block5_pool on the first 120 raw slices of voxel axis 2")
+SOURCE_REPORTED = {"early": {"dataset": "IXI, 84 validation subjects, ImageNet VGG16", "mae": 8.47, "recipe": _RECIPE},
+                   "late": {"dataset": "IXI, 84 validation subjects, ImageNet VGG16", "mae": 8.03, "recipe": _RECIPE}}
 
-#: ``paper``: every triplet; ``cpu``: the 6 central triplet positions (feature extraction at
+#: ``paper``: the source's triplets (raw voxel axis 2, first 120 slices, all triplets); ``cpu``: the
+#: shared preprocessing's MNI brain, the 6 central axial triplet positions (feature extraction at
 #: 224x224 costs ~0.27 s per image on 2 cores: 40 triplets x 161 IXI scans would take 29 minutes).
 PROFILES = {
-    "paper": dict(keep_triplets=None, early_C=98.0, early_epsilon=0.064, late_C=1.0, late_epsilon=0.1),
+    "paper": dict(slicing="voxel_axis2", keep_triplets=None, early_C=98.0, early_epsilon=0.064, late_C=1.0,
+                  late_epsilon=0.1),
 }
-PROFILES["cpu"] = dict(PROFILES["paper"], keep_triplets=6)
+PROFILES["cpu"] = dict(PROFILES["paper"], slicing="mni_axial", keep_triplets=6)
 
 
 def fit_early_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndarray, C: float, epsilon: float):
@@ -61,8 +67,8 @@ def fit_early_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.nda
 
 
 def fit_late_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndarray, C: float, epsilon: float):
-    """One StandardScaler + linear SVR per triplet position (fitted on ``train`` rows); the
-    subject's prediction is the mean over positions.
+    """One linear SVR per triplet position on the unscaled features (fitted on ``train`` rows), as the
+    source; the subject's prediction is the mean over positions.
 
     Raises:
         ValueError: subjects with different numbers of triplet positions.
@@ -73,7 +79,7 @@ def fit_late_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndar
     stacked = np.stack(features)  # (N, T, F)
     preds, models = [], []
     for t in range(stacked.shape[1]):
-        model = make_pipeline(StandardScaler(), SVR(kernel="linear", C=C, epsilon=epsilon))
+        model = SVR(kernel="linear", C=C, epsilon=epsilon)
         model.fit(stacked[train, t], ages[train])
         preds.append(model.predict(stacked[:, t]))
         models.append(model)
@@ -81,7 +87,8 @@ def fit_late_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndar
 
 
 def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "none", data_root: str | None = None,
-         keep_triplets: int | None = None, seed: int = 42, run_name: str | None = None, runs_dir: str = "runs",
+         keep_triplets: int | None = None, slicing: str | None = None, seed: int = 42, run_name: str | None = None,
+         runs_dir: str = "runs",
          results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
          publish: bool = True) -> str:
     """Extract (or load cached) VGG16 features, fit both fusions on the training split, fit the
@@ -94,6 +101,8 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
             API; a clear error when not cached and not downloadable), or a path to a VGG16 state dict.
         data_root: data folder.
         keep_triplets: override the number of central triplet positions kept.
+        slicing: ``voxel_axis2`` (the source's: raw voxel axis 2, first 120 slices, raw intensities;
+            paper) or ``mni_axial`` (axial slices of the shared preprocessing's MNI brain; cpu).
         seed: seed of the random VGG16 initialisation (used with ``--weights=none``).
         run_name: run folder name.
         runs_dir: root of run folders.
@@ -109,13 +118,14 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     t0 = time.time()
     configure_numerics(torch.device("cpu"), "fp32")
     profile = profile or default_profile()
-    hp = resolve_profile(PROFILES, profile, {"keep_triplets": keep_triplets})
-    publish = publication(publish, results_dir, PROFILES, profile, {"keep_triplets": keep_triplets}, max_per_split)
+    overrides = {"keep_triplets": keep_triplets, "slicing": slicing}
+    hp = resolve_profile(PROFILES, profile, overrides)
+    publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     extractor = VGG16Features(weights, seed=seed)
     suffix = "_randinit" if weights in ("none", "", None) else ""
     run_dir = Path(runs_dir) / f"vgg16_svr{suffix}" / dataset / (run_name or default_run_name(profile))
     frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
-    cache = FeatureCache(cache_dir, extractor, str(weights), hp["keep_triplets"], seed=seed)
+    cache = FeatureCache(cache_dir, extractor, str(weights), hp["keep_triplets"], seed=seed, slicing=hp["slicing"])
     features, keep = [], []
     for i, row in enumerate(progress(list(frame.itertuples()), desc="VGG16 features", unit="scan")):
         try:
@@ -150,6 +160,9 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
                                                                   if suffix else "")]
             if hp["keep_triplets"]:
                 notes.append(f"cpu profile: the {hp['keep_triplets']} central axial triplets only")
+            if hp["slicing"] == "mni_axial":
+                notes.append("preprocessing: the shared one (brain extraction, N4, affine to the MNI152 brain), "
+                             "axial triplets")
             publish_brain_age_result(
                 results_dir, frame, report, method=method, method_label=label, source=SOURCE, dataset=dataset,
                 profile=profile, source_reported=SOURCE_REPORTED[fusion], parameters={**hp, "seed": seed},
