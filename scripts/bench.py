@@ -6,7 +6,7 @@
 
 Sections (all measured in this run, on this machine, with nothing asserted about the numbers):
 
-- ``preprocess``: volumes/s of the preprocessing (MONAI pipeline of resnet3d's ``cpu`` profile) cold
+- ``preprocess``: volumes/s of the source preprocessing of resnet3d (MONAI, at the ``cpu`` grid) cold
   (empty cache) vs cached (the memory-mapped ``.npy`` read by the training loaders).
 - ``loading``: one training epoch of the OASIS ResBlock regressor (``cpu`` profile) with the OASIS
   tutorial's naive loading (every NIfTI decoded and resampled with nilearn at every epoch) vs the

@@ -55,6 +55,15 @@ def test_preprocessed_brain_is_invariant_to_acquisition(native, variant):
     assert corr >= MIN_CORRELATION and dice >= MIN_DICE, f"{variant}: correlation {corr:.3f}, Dice {dice:.3f}"
 
 
+def test_tsan_paper_pipeline_syn_fits_the_template_closer(native):
+    """TSAN's paper preprocessing (deepbet, N4, affine + SyN) on the real scan: a registered brain
+    that overlaps the MNI brain more than the affine one does, on the same grid."""
+    data, affine, _, reference = native
+    syn = standardize_brain(data, affine, "SyN")
+    assert syn.qc["transform"] == "SyN" and syn.brain.shape == reference.brain.shape == (91, 109, 91)
+    assert syn.qc["template_dice"] > reference.qc["template_dice"] and syn.qc["similarity"] > reference.qc["similarity"]
+
+
 def test_the_sources_own_pipeline_is_not_invariant(native):
     """The same criterion on the pipeline of the previous main (resnet3d's source pipeline: skull on,
     no registration; its earlier ``cpu`` grid): a head that moves in the field of view, or a field of
