@@ -4,9 +4,11 @@ sorter pretraining smoke run."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from tsan import train as tsan_train
 from tsan.model import (
     AsymmetricConv3d,
     ScaleDense,
@@ -17,7 +19,7 @@ from tsan.model import (
     init_weights,
     sex_one_hot,
 )
-from tsan.ranking import RankingLoss, SoDeepSorter, age_difference_loss, descending_rank, pretrain_sorter
+from tsan.ranking import RankingLoss, SoDeepSorter, age_difference_loss, descending_rank, pretrain_sorter, random_sequences
 
 
 def _count(m: torch.nn.Module) -> int:
@@ -128,6 +130,17 @@ def small_sorter():
     torch.manual_seed(0)
     sorter, report = pretrain_sorter(seq_len=6, steps=300, batch_size=64, lr=3e-3, lr_step=150, hidden=32, n_val=256)
     return sorter, report
+
+
+def test_tied_rank_sorter_trains_on_sequences_with_ties():
+    """Stage 1's sorter is a tied-rank one (the source's Tied_rank_best_lstmla_slen_32): its training
+    sequences hold ties; stage 2's (best_lstmla_slen_32) are continuous."""
+    rng = np.random.default_rng(0)
+    tied = random_sequences(400, 32, rng, tied=True)
+    plain = random_sequences(400, 32, np.random.default_rng(0))
+    with_ties = np.mean([len(np.unique(row)) < 32 for row in tied])
+    assert 0.3 < with_ties < 0.7 and np.mean([len(np.unique(row)) < 32 for row in plain]) < 0.15
+    assert tsan_train.STAGE_SORTER_TIED == {1: True, 2: False}
 
 
 def test_sorter_pretraining_smoke(small_sorter, tmp_path):
