@@ -77,6 +77,27 @@ def _lead(d: dict) -> list[str]:
     return [d["dataset"], d.get("method_label", d["method"]), _profile(d)]
 
 
+#: What the leaderboard calls each preprocessing (``parameters`` of a result: pipeline, registration, slicing).
+PREPROCESSING = {
+    "mni_brain": "shared: brain, N4, affine to MNI", "mni_brain_syn": "shared: brain, N4, SyN to MNI",
+    "mni_axial": "shared: brain, N4, affine to MNI; axial triplets", "monai": "source: reorient + resample, skull on",
+    "nilearn_centered": "source: nilearn resample, skull on", "voxel_axis2": "source: raw voxel axis 2, skull on",
+    "ants_affine_mni": "dataset mask, ANTs affine to MNI", "ants_syn_mni": "dataset mask, ANTs SyN to MNI",
+}
+#: Result files written before the preprocessing was recorded: what their method used then.
+EARLIER_PREPROCESSING = {"resnet3d": "monai", "oasis_resblock": "nilearn_centered", "roi_ridge": "DLMUSE ROI volumes",
+                         "mean_age": "none (no image)"}
+
+
+def _preprocessing(d: dict) -> str:
+    """The row's preprocessing, from its parameters (older result files: the method's pipeline then)."""
+    params = d.get("parameters") or {}
+    key = params.get("pipeline") or params.get("slicing") or params.get("registration")
+    if key is None:
+        key = EARLIER_PREPROCESSING.get(d["method"], "RAS axial triplets, skull on" if "vgg16" in d["method"] else "–")
+    return PREPROCESSING.get(key, key)
+
+
 def _subjects(d: dict) -> str:
     """``train/val/test`` counts; datasets without subject IDs count images (``n_subjects["unit"]``)."""
     n = d["n_subjects"]
@@ -90,14 +111,14 @@ def _tail(d: dict) -> list[str]:
 
 
 def brain_age_table(docs: list[dict]) -> str:
-    columns = ["dataset", "method", "profile", "subjects train/val/test", "test MAE [95% CI]", "MAE / mean-age MAE",
-               "Pearson r", "R²", "MAE corrected", "Spearman(gap, age) raw → corrected", "source reported", "params",
-               "wall time"]
+    columns = ["dataset", "method", "profile", "preprocessing", "subjects train/val/test", "test MAE [95% CI]",
+               "MAE / mean-age MAE", "Pearson r", "R²", "MAE corrected", "Spearman(gap, age) raw → corrected",
+               "source reported", "params", "wall time"]
     rows = []
     for d in docs:
         m = d["metrics"]
         raw, cor = m["raw"], m["corrected"]
-        rows.append([*_lead(d), _subjects(d), f"{_f(raw['mae'])}{_ci(raw.get('mae_ci95'))}",
+        rows.append([*_lead(d), _preprocessing(d), _subjects(d), f"{_f(raw['mae'])}{_ci(raw.get('mae_ci95'))}",
                      f"{_f(m.get('mae_ratio_to_mean_predictor'))} (mean-age MAE {_f(m.get('mean_predictor_mae'))})",
                      _f(raw["pearson_r"], 3), _f(raw["r2"], 3), _f(cor["mae"]),
                      f"{_f(raw['spearman_gap_age'])} → {_f(cor['spearman_gap_age'])}", *_tail(d)])
