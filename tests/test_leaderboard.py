@@ -19,6 +19,7 @@ def _result(method: str, dataset: str, mae: float) -> dict:
             "metrics": {"raw": raw, "corrected": {**raw, "mae": mae + 0.5}, "mean_predictor_mae": 14.0,
                         "mae_ratio_to_mean_predictor": mae / 14.0},
             "source_reported": {"mae": 9.13, "pearson_r": 0.734, "dataset": "IXI"}, "n_parameters": 33_000_000,
+            "parameters": {"pipeline": "mni_brain"},
             "wall_time_s": 300.0, "device": "cpu", "notes": ["cpu profile"]}
 
 
@@ -32,7 +33,7 @@ def test_regeneration_is_stable_and_fills_readme(tmp_path):
     make_leaderboard.main(str(results), str(readme))
     board = (results / "LEADERBOARD.md").read_text()
     first_readme = readme.read_text()
-    assert "| ixi_hh | A | cpu | 70/15/15 | 7.50 [6.50, 8.50]" in board
+    assert "| ixi_hh | A | cpu | shared: brain, N4, affine to MNI | 70/15/15 | 7.50 [6.50, 8.50]" in board
     assert board.index("| ds000228 |") < board.index("| ixi_hh | A |") < board.index("| ixi_hh | B |")
     assert "old" not in first_readme and first_readme.startswith("intro\n") and first_readme.endswith("outro\n")
     mtime = (results / "LEADERBOARD.md").stat().st_mtime_ns
