@@ -89,8 +89,13 @@ def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
-def _frame(dataset: str, n: int, data_root: str | None):
+def _frame(dataset: str, n: int, data_root: str | None, split: str | None = None):
+    """The first ``n`` labelled rows of ``dataset`` by participant_id (of ``split`` of the shared split, if given)."""
     manifest, _ = load_dataset(dataset, find_data_root(data_root))
+    if split:
+        from common.splits import load_split
+
+        manifest = manifest[manifest["participant_id"].isin(load_split(dataset).query("split == @split")["participant_id"])]
     frame = manifest[manifest["age"].notna()].sort_values("participant_id").head(n).reset_index(drop=True)
     if frame.empty:
         raise FileNotFoundError(f"no labelled images in {dataset}")
@@ -428,17 +433,6 @@ def bench_mainjob(results_dir: str) -> list[dict]:
     return rows
 
 
-def _ixi_scans(n: int, data_root: str | None, split: str | None = None):
-    """The first ``n`` IXI-HH rows (of ``split`` in the shared split, when given) with their DLMUSE mask."""
-    from common.splits import load_split
-
-    frame, _ = load_dataset("ixi_hh", find_data_root(data_root))
-    if split:
-        ids = set(load_split("ixi_hh", "results").query("split == @split")["participant_id"])
-        frame = frame[frame["participant_id"].isin(ids)]
-    return frame.sort_values("participant_id").head(n).reset_index(drop=True)
-
-
 def bench_standardize(n: int, data_root: str | None) -> dict:
     """Each step of the shared preprocessing on ``n`` IXI-HH scans: seconds, deepbet Dice vs DLMUSE."""
     import nibabel as nib
@@ -448,8 +442,8 @@ def bench_standardize(n: int, data_root: str | None) -> dict:
     from common.data.standardize import StandardCache, extract_brain, n4_in_brain, standardize_brain
 
     rows = []
-    extract_brain(*load_checked(_ixi_scans(1, data_root)["image_path"][0])[:2])  # load deepbet once, not timed
-    for row in _ixi_scans(n, data_root).itertuples():
+    extract_brain(*load_checked(_frame("ixi_hh", 1, data_root)["image_path"][0])[:2])  # load deepbet once, not timed
+    for row in _frame("ixi_hh", n, data_root).itertuples():
         data, affine, _ = load_checked(row.image_path)
         t0 = time.perf_counter()
         mask = extract_brain(data, affine)
@@ -464,7 +458,7 @@ def bench_standardize(n: int, data_root: str | None) -> dict:
                      "extract_s": round(t1 - t0, 2), "n4_s": round(t2 - t1, 2), "total_s": round(t3 - t2, 2)})
     with tempfile.TemporaryDirectory() as tmp:
         cache = StandardCache(tmp)
-        path = _ixi_scans(1, data_root)["image_path"][0]
+        path = _frame("ixi_hh", 1, data_root)["image_path"][0]
         cache.get(path)
         cached_s = statistics.median(_timed(lambda: cache.get(path), 5))
     return {"scans": rows, "cached_read_s": round(cached_s, 4),
@@ -514,7 +508,7 @@ def bench_invariance(runs: dict[str, str], n: int, data_root: str | None) -> dic
     for name, run_dir in runs.items():
         cfg = json.loads((Path(run_dir) / "config.json").read_text())
         specs[name] = VolumeSpec.from_dict(load_checkpoint(Path(run_dir) / "best.pt", cfg["method"])["preprocess"])
-    scans = _ixi_scans(n, data_root, split="test")
+    scans = _frame("ixi_hh", n, data_root, split="test")
     cache = StandardCache(".cache")
     brains: dict[str, list] = {"native": []}
     agreement: dict[str, list] = {}

@@ -26,20 +26,13 @@ import pandas as pd  # noqa: E402
 from common.cli import run as run_cli  # noqa: E402
 from common.data.manifest import Exclusions  # noqa: E402
 from common.data.preprocess import STANDARD_PIPELINES, VolumeSpec, prepare_volumes  # noqa: E402
+from common.data.registration import flag_low_outliers  # noqa: E402
 from common.data.sources import load_dataset  # noqa: E402
 from common.data.standardize import StandardCache  # noqa: E402
 from common.io import write_csv  # noqa: E402
 from common.paths import find_data_root  # noqa: E402
 
 log = logging.getLogger("preprocess")
-
-
-def flag_outliers(values: pd.Series, n_mad: float = 4.0, floor: float = 0.01) -> pd.Series:
-    """True where a value lies more than ``n_mad`` median absolute deviations (at least ``floor``)
-    below the median: a failed step stands out from its peers."""
-    median = float(values.median())
-    mad = float((values - median).abs().median())
-    return values < median - n_mad * max(mad, floor)
 
 
 def main(datasets: str = "ixi_hh,ds000228", transform: str = "Affine", data_root: str | None = None,
@@ -87,7 +80,7 @@ def main(datasets: str = "ixi_hh,ds000228", transform: str = "Affine", data_root
         qc["flagged"] = False
         for col in ("template_dice", "similarity"):
             if col in qc and ok.any():
-                qc.loc[ok, "flagged"] |= flag_outliers(qc.loc[ok, col].astype(float))
+                qc.loc[ok, "flagged"] |= flag_low_outliers(qc.loc[ok, col].astype(float))
         out_dir = cache.dir / "qc"
         write_csv(out_dir / f"{name}.csv", qc)
         shown = qc[ok & qc["flagged"]].index.tolist() + qc[ok & ~qc["flagged"]].index[:montage].tolist()

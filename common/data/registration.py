@@ -94,6 +94,15 @@ def register_to_mni(data: np.ndarray, affine: np.ndarray, brain_extracted: bool,
     return warped
 
 
+def flag_low_outliers(values, n_mad: float = 4.0, floor: float = 0.01):
+    """True where a value lies more than ``n_mad`` median absolute deviations (at least ``floor``)
+    below the median of ``values`` (a pandas Series): a failed step stands out from its peers, while
+    contrast alone shifts a whole dataset."""
+    median = float(values.median())
+    mad = float((values - median).abs().median())
+    return values < median - n_mad * max(mad, floor)
+
+
 def registration_qc(frame, n_mad: float = 4.0):
     """QC table of registered volumes: similarity to the template per row and a ``flagged`` column.
 
@@ -113,9 +122,7 @@ def registration_qc(frame, n_mad: float = 4.0):
     out = pd.DataFrame({"participant_id": frame["participant_id"].to_numpy(),
                         "session_id": frame.get("session_id", pd.Series([""] * len(frame))).to_numpy(),
                         "similarity": np.round(sims, 4)})
-    median = float(out["similarity"].median())
-    mad = float((out["similarity"] - median).abs().median())
-    out["flagged"] = out["similarity"] < median - n_mad * max(mad, 0.01)
+    out["flagged"] = flag_low_outliers(out["similarity"], n_mad)
     return out
 
 
