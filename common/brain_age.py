@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from common.data.datasets import VolumeDataset
 from common.data.preprocess import VolumeSpec, prepare_volumes
 from common.device import autocast_dtype, configure_numerics, precision_of_run, resolve_precision, select_device
-from common.experiment import default_run_name, labelled_split_frame
+from common.experiment import default_run_name, labelled_split_frame, run_folder
 from common.io import save_torch, write_json
 from common.metrics import BiasCorrection, brain_age_report
 from common.plots import gap_vs_age, scatter_predicted_vs_age, training_curves
@@ -79,8 +79,12 @@ def report_brain_age(frame: pd.DataFrame, predicted_age: np.ndarray, run_dir: st
 
 
 def publish_brain_age_result(results_dir: str | Path, frame: pd.DataFrame, report: dict, **kwargs) -> Path:
-    """Write ``results/<method>__<dataset>.json`` for a brain-age run (see :func:`write_result`)."""
-    return write_result(results_dir, task="brain_age", metrics=report, n_subjects=split_counts(frame), **kwargs)
+    """Write the fold result of a brain-age run (see :func:`write_result`): ``frame`` (the run's
+    rows, with the ``fold`` column of :func:`common.experiment.labelled_split_frame`) gives the fold,
+    and the test predictions are the run folder's ``predictions_test.csv`` (:func:`report_brain_age`)."""
+    fold = int(frame["fold"].iloc[0])
+    return write_result(results_dir, task="brain_age", metrics=report, n_subjects=split_counts(frame), fold=fold,
+                        predictions=Path(kwargs["run_dir"]) / "predictions_test.csv", **kwargs)
 
 
 def publish_trained_run(cfg: dict, frame: pd.DataFrame, report: dict, model: nn.Module, run_dir: str | Path, *,
@@ -147,14 +151,15 @@ def _loss_label(loss_fn) -> str:
 
 def usable_frame(dataset: str, data_root: str | None, results_dir: str | Path, max_per_split: int | None,
                  exclude: RowExclusion | None, stage: str, spec: VolumeSpec | None = None,
-                 cache_dir: str | Path | None = None):
-    """The shared split's labelled rows of ``dataset`` that a method can use: ``exclude`` applied
-    (logged under ``stage``) and, with ``spec``, preprocessed into the cache (``cache_path`` column).
+                 cache_dir: str | Path | None = None, fold: int = 0):
+    """The labelled rows of ``dataset`` that a method can use, split as outer fold ``fold``:
+    ``exclude`` applied (logged under ``stage``) and, with ``spec``, preprocessed into the cache
+    (``cache_path`` column).
 
     Returns:
         ``(frame, exclusions)``.
     """
-    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
+    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split, fold)
     frame = apply_exclusion(frame, exclude, exclusions, stage)
     if spec is not None:
         frame = prepare_volumes(frame, spec, cache_dir, exclusions)
@@ -173,11 +178,12 @@ def volume_loader(frame: pd.DataFrame, batch_size: int, train: bool, seed: int, 
 def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: VolumeSpec,
                     build: Callable[[pd.DataFrame], RegressorSetup], seed: int, device: str, run_name: str | None,
                     runs_dir: str, results_dir: str, cache_dir: str, data_root: str | None,
-                    max_per_split: int | None, resume: bool, selection: Selection = VAL_MAE,
+                    max_per_split: int | None, resume: bool, fold: int = 0, selection: Selection = VAL_MAE,
                     early_stopping_patience: int | None = None, exclude: RowExclusion | None = None,
                     annotate: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
                     ) -> tuple[Path, pd.DataFrame, dict, float]:
-    """Shared training run of a 3D brain-age regressor on the shared split of ``dataset``.
+    """Shared training run of a 3D brain-age regressor on outer fold ``fold`` of ``dataset``'s shared
+    folds, in :func:`common.experiment.run_folder`.
 
     ``hp`` must hold ``epochs``, ``batch_size``, ``grad_clip``, ``amp_dtype`` (requested precision,
     :func:`common.device.resolve_precision`) and ``precise_bn``; every entry is recorded in
@@ -192,7 +198,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
 
     Raises:
         FileExistsError: the run folder holds a run and ``resume`` is False.
-        ValueError: fewer than 2 usable training or validation subjects.
+        ValueError: fewer than 2 usable training or 3 usable validation subjects (checked before
+            training).
     """
     t_start = time.time()
     dev = select_device(device)
@@ -201,18 +208,21 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     if resume and not run_name:
         raise ValueError("--resume needs --run_name of the run to continue")
     run_name = run_name or default_run_name(profile)
-    run_dir = Path(runs_dir) / method / dataset / run_name
+    run_dir = run_folder(runs_dir, method, dataset, run_name, fold)
     if run_dir.exists() and not resume and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
-    frame, exclusions = usable_frame(dataset, data_root, results_dir, max_per_split, exclude, method, spec, cache_dir)
+    frame, exclusions = usable_frame(dataset, data_root, results_dir, max_per_split, exclude, method, spec, cache_dir,
+                                     fold)
     if annotate is not None:
         frame = annotate(frame)
     run_dir.mkdir(parents=True, exist_ok=True)
     exclusions.write(run_dir / "exclusions.csv")
     train_frame, val_frame = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
-    if len(train_frame) < 2 or len(val_frame) < 2:
-        raise ValueError(f"too few usable subjects: {len(train_frame)} train, {len(val_frame)} val")
-    config = {"method": method, "dataset": dataset, "profile": profile, **hp, "seed": seed, "precision": precision,
+    if len(train_frame) < 2 or val_frame["participant_id"].nunique() < 3:
+        raise ValueError(f"fold {fold}: too few usable subjects ({len(train_frame)} train, {len(val_frame)} val after "
+                         "exclusions; training needs 2, the validation split's bias correction 3)")
+    config = {"method": method, "dataset": dataset, "fold": int(fold), "profile": profile, **hp, "seed": seed,
+              "precision": precision,
               "numerics": numerics,
               "run_dir": str(run_dir), "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir,
               "max_per_split": max_per_split, "preprocess": spec.to_dict(),
@@ -225,6 +235,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     setup.model.to(dev)
     train_mean = float(train_frame["age"].mean())
     meta = {"method": method, "preprocess": spec.to_dict(), "train_mean_age": train_mean, "dataset": dataset,
+            "fold": int(fold), "train_age_range": [float(train_frame["age"].min()), float(train_frame["age"].max())],
             "commit": git_commit(), **setup.checkpoint_meta}
     columns = tuple(k for k in getattr(setup.model, "extra_inputs", ())
                     if k in frame.columns and k not in VolumeDataset.ITEM_KEYS)
@@ -260,7 +271,7 @@ def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: 
     ckpt = load_checkpoint(run_dir / "best.pt", method)
     if frame is None:
         frame, _ = usable_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"], exclude,
-                                method, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"])
+                                method, VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"], cfg.get("fold", 0))
     frame = frame[frame["split"].isin(["train", "val", "test"])].reset_index(drop=True)
     model = model_from_checkpoint(ckpt).to(dev)
     model.load_state_dict(ckpt["model_state"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.data.manifest import Exclusions
+from common.data.manifest import Exclusions, subjects_table
 from common.data.sources import load_dataset
 from common.distributed import broadcast_object
 from common.paths import find_data_root
@@ -35,22 +35,26 @@ def resolve_profile(profiles: dict[str, dict], profile: str, overrides: dict) ->
 
 
 def labelled_split_frame(dataset: str, data_root: str | None, results_dir: str | Path,
-                         max_per_split: int | None = None) -> tuple[pd.DataFrame, Exclusions]:
-    """Manifest rows of ``dataset`` that belong to its shared split, with a ``split`` column.
+                         max_per_split: int | None = None, fold: int = 0) -> tuple[pd.DataFrame, Exclusions]:
+    """Manifest rows of ``dataset`` that belong to its shared folds, with the ``split`` column
+    (train / val / test) of outer fold ``fold`` (:func:`common.splits.load_split`) and a ``fold``
+    column (the outer fold of the run, the same on every row).
 
-    Rows outside the split file (e.g. scans without age) are logged as exclusions.
+    Rows outside the fold file (e.g. scans without age) are logged as exclusions.
 
     Args:
         max_per_split: keep only the first N participants (by ID) of each split; for smoke runs.
+        fold: outer fold, 0..K-1 (its participants are the test split).
 
     Raises:
-        FileNotFoundError: missing data or split file.
-        common.splits.SplitLeakageError: the split file leaks participants.
+        FileNotFoundError: missing data or fold file.
+        common.splits.SplitLeakageError: the fold file leaks participants.
     """
     manifest, exclusions = load_dataset(dataset, find_data_root(data_root))
-    frame = attach_split(manifest, load_split(dataset, results_dir))
+    ages = subjects_table(manifest.dropna(subset=["age"]))
+    frame = attach_split(manifest, load_split(dataset, ages, int(fold), results_dir)).assign(fold=int(fold))
     for row in frame[(frame["split"] == "") & frame["age"].notna()].itertuples():
-        exclusions.add(dataset, row.image_path, "participant not in the split file (added after the split was made)", "split")
+        exclusions.add(dataset, row.image_path, "participant not in the fold file (added after the folds were made)", "split")
     frame = frame[frame["split"].isin(SPLITS) & frame["age"].notna()].reset_index(drop=True)
     if max_per_split:
         keep = []
@@ -59,6 +63,11 @@ def labelled_split_frame(dataset: str, data_root: str | None, results_dir: str |
             keep.extend(ids)
         frame = frame[frame["participant_id"].isin(keep)].reset_index(drop=True)
     return frame, exclusions
+
+
+def run_folder(runs_dir: str | Path, method: str, dataset: str, run_name: str, fold: int) -> Path:
+    """``<runs_dir>/<method>/<dataset>/<run_name>/fold<k>``: the run folder of outer fold ``fold``."""
+    return Path(runs_dir) / method / dataset / run_name / f"fold{int(fold)}"
 
 
 def default_run_name(profile: str) -> str:

@@ -241,3 +241,76 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
         "n": int(len(y_true)),
     }
     return out
+
+
+def paired_difference(values_a: np.ndarray, values_b: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Paired comparison of two methods on the same subjects.
+
+    Args:
+        values_a, values_b: per-subject losses of method A and B, same subjects in the same order,
+            shape (N,) (absolute errors in years for brain age; 0/1 errors for classifiers).
+
+    Returns:
+        ``delta`` = mean(a) - mean(b) (negative: A better), ``delta_ci95`` (paired percentile
+        bootstrap over subjects: the same resampled subjects for both methods), ``wilcoxon_p``
+        (two-sided Wilcoxon signed-rank test of a - b, scipy; NaN when all differences are 0) and ``n``.
+
+    Raises:
+        ValueError: shapes differ or fewer than 2 subjects.
+    """
+    a, b = np.asarray(values_a, float), np.asarray(values_b, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired values must be 1D, of equal length >= 2; got {a.shape} and {b.shape}")
+    diff = a - b
+    lo, hi = bootstrap_ci(diff, n_resamples=n_resamples, seed=seed)
+    p = float("nan") if not np.any(diff) else float(stats.wilcoxon(a, b).pvalue)
+    return {"delta": float(diff.mean()), "delta_ci95": [lo, hi], "wilcoxon_p": p, "n": int(len(a))}
+
+
+def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Exact McNemar test of two classifiers on the same subjects.
+
+    Args:
+        correct_a, correct_b: booleans (N,): whether each classifier got each subject right.
+
+    Returns:
+        ``only_a``, ``only_b`` (discordant counts) and the two-sided exact ``p`` (binomial test of
+        the discordant pairs, scipy.stats.binomtest; 1.0 without discordant pairs).
+    """
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a and correct_b differ in shape: {a.shape} vs {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if only_a + only_b == 0 else float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return {"only_a": only_a, "only_b": only_b, "p": p, "n": int(len(a))}
+
+
+def age_band_mae(age: np.ndarray, predicted_age: np.ndarray, bands: list[tuple[float, float]]) -> dict[str, dict]:
+    """MAE per age band ``[low, high)`` (years): ``{"low-high": {"mae", "n"}}``; bands without a
+    subject are left out."""
+    age, pred = np.asarray(age, float), np.asarray(predicted_age, float)
+    out = {}
+    for low, high in bands:
+        rows = (age >= low) & (age < high)
+        if rows.any():
+            label = f"{low:g}+" if not np.isfinite(high) else f"{low:g}-{high:g}"
+            out[label] = {"mae": float(np.mean(np.abs(pred[rows] - age[rows]))), "n": int(rows.sum())}
+    return out
+
+
+def leave_one_out_correction_mae(age: np.ndarray, predicted_age: np.ndarray, formula: str) -> float:
+    """MAE of ``formula``'s correction on validation predictions, each one corrected by a fit on
+    the other validation subjects: whether the correction helps, measured without test data and
+    without scoring a subject with a fit that saw it. NaN with fewer than 4 subjects."""
+    age, pred = np.asarray(age, float), np.asarray(predicted_age, float)
+    if len(age) < 4:
+        return float("nan")
+    corrected = np.empty_like(pred)
+    for i in range(len(age)):
+        others = np.arange(len(age)) != i
+        try:
+            fit = BiasCorrection.fit(age[others], pred[others], formula=formula)
+        except ValueError:
+            return float("nan")
+        corrected[i] = fit.apply(pred[i:i + 1], age[i:i + 1])[0]
+    return float(np.mean(np.abs(corrected - age)))

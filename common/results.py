@@ -53,8 +53,15 @@ def write_result(results_dir: str | Path, *, method: str, method_label: str, sou
                  task: str, profile: str, metrics: dict, precision: str = "fp32", source_reported: dict | None, n_subjects: dict,
                  parameters: dict, n_parameters: int | None, wall_time_s: float, environment: dict,
                  commit: str, run_dir: str | Path, notes: list[str] | None = None,
-                 subject_split: bool = True, readme_folder: str | None = None) -> Path:
-    """Write ``results/<method>__<dataset>.json`` (DESIGN.md "Runs and results").
+                 subject_split: bool = True, readme_folder: str | None = None, fold: int | None = None,
+                 predictions: str | Path | None = None) -> Path:
+    """Write the result document of one evaluation (DESIGN.md "Runs and results").
+
+    A run of one outer fold (``fold`` given) writes it into its run folder,
+    ``<run_dir>/fold_results/<method>__<dataset>.json`` (:func:`fold_result_path`), where
+    :func:`common.cv.pool_folds` collects the K folds into ``results/<method>__<dataset>.json``. A
+    run on a published test folder (``fold=None``, ``subject_split=False``) writes
+    ``results/<method>__<dataset>.json`` itself.
 
     Args:
         metrics: the test-split report (e.g. :func:`common.metrics.brain_age_report`).
@@ -64,6 +71,8 @@ def write_result(results_dir: str | Path, *, method: str, method_label: str, sou
         notes: deviations or caveats that must travel with the number (e.g. random-init weights).
         subject_split: False for datasets kept in their published image-level folders.
         readme_folder: method folder whose README gets this row (default: ``method``).
+        fold: the outer cross-validation fold of the run (None: no folds).
+        predictions: the test-split predictions CSV of this evaluation (pooled across folds).
     """
     doc = {
         "method": method,
@@ -88,6 +97,18 @@ def write_result(results_dir: str | Path, *, method: str, method_label: str, sou
         "run_dir": str(run_dir),
         "notes": notes or [],
         "readme_folder": readme_folder or method,
+        "fold": fold,
+        "predictions": str(predictions) if predictions is not None else None,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return write_json(Path(results_dir) / f"{method}__{dataset}.json", doc)
+    path = fold_result_path(run_dir, method, dataset) if fold is not None else Path(results_dir) / f"{method}__{dataset}.json"
+    return write_json(path, doc)
+
+
+#: Folder of a fold run that holds its result documents.
+FOLD_RESULTS = "fold_results"
+
+
+def fold_result_path(run_dir: str | Path, method: str, dataset: str) -> Path:
+    """Where the run of one outer fold keeps the result document of ``method`` on ``dataset``."""
+    return Path(run_dir) / FOLD_RESULTS / f"{method}__{dataset}.json"

@@ -25,19 +25,21 @@ OUTPUT_PATHSPECS = (":(exclude)results", ":(exclude)benchmarks", ":(exclude,glob
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Git commit of the code this process runs (``-dirty`` if tracked code differs; result files,
-    Markdown and figures do not count, :data:`OUTPUT_PATHSPECS`), or ``"unknown"``.
+    """The last commit that changed the code this process runs (``-dirty`` if tracked code differs),
+    or ``"unknown"``. Result files, Markdown and figures (:data:`OUTPUT_PATHSPECS`) are not code:
+    a commit that only publishes results keeps the code commit, so the folds of a main job that
+    spans several sessions, with results committed in between, still come from one commit.
 
     Taken once per process, at the first call (run start), so edits made to the tree while a long
     run is going do not change what that run records.
     """
     root = Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        sha = subprocess.run(["git", "log", "-1", "--format=%H", "HEAD", "--", ".", *OUTPUT_PATHSPECS], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHSPECS],
                                cwd=root, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        return (sha or "unknown") + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -163,9 +163,9 @@ def oasis2(tmp_path: Path) -> Path:
 def write_study(tmp_path: Path, n_subjects: int, shape=(28, 28, 28), sexes: list[str] | None = None,
                 age=lambda i: 20 + 3 * i) -> Path:
     """A BIDS study ``<tmp_path>/data/study`` (one T1 per subject, ages ``age(i)``, optional sex column)
-    and its shared split ``<tmp_path>/results/splits/study.csv``; returns the study folder."""
+    and its shared folds ``<tmp_path>/results/splits/study.csv``; returns the study folder."""
     from common.data.sources import load_bids
-    from common.splits import make_age_stratified_split
+    from common.splits import make_age_stratified_folds
 
     root = tmp_path / "data" / "study"
     lines = ["participant_id\tage" + ("\tsex" if sexes else "")]
@@ -175,6 +175,29 @@ def write_study(tmp_path: Path, n_subjects: int, shape=(28, 28, 28), sexes: list
     (root / "participants.tsv").write_text("\n".join(lines) + "\n")
     manifest, _ = load_bids(root)
     (tmp_path / "results" / "splits").mkdir(parents=True)
-    make_age_stratified_split(manifest[["participant_id", "age"]], seed=0).to_csv(
+    make_age_stratified_folds(manifest[["participant_id", "age"]], seed=0).to_csv(
         tmp_path / "results" / "splits" / "study.csv", index=False)
     return root
+
+
+def write_folds(path: Path, participant_ids: list[str], test_ids: list[str]) -> Path:
+    """A fold file whose fold 0 is exactly ``test_ids``; the other participants go round-robin to
+    folds 1-4 (tests that need to know fold 0's test subjects)."""
+    import pandas as pd
+
+    others = [p for p in participant_ids if p not in set(test_ids)]
+    folds = pd.DataFrame({"participant_id": list(test_ids) + others,
+                          "fold": [0] * len(test_ids) + [1 + i % 4 for i in range(len(others))]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folds.to_csv(path, index=False)
+    return path
+
+
+def fold_result(run_dir: str | Path, name: str) -> dict:
+    """The fold result ``<name>.json`` (``<method>__<dataset>``) that a one-fold run wrote in its
+    folder or a sub-folder (common.results.fold_result_path)."""
+    import json
+
+    found = sorted(Path(run_dir).glob(f"**/fold_results/{name}.json"))
+    assert found, f"no fold result {name} under {run_dir}"
+    return json.loads(found[0].read_text())

@@ -1,0 +1,88 @@
+"""The cross-validation protocol (common/cv.py): every labelled subject predicted once out-of-fold,
+finished folds reused by a resumed job, stale folds retrained, and no test label read before the
+final evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import common.brain_age
+import common.cv
+import common.runlog
+from common.splits import load_folds
+from resnet3d.train import train
+from tests.conftest import write_study
+
+TINY = dict(dataset="study", profile="cpu", epochs=2, batch_size=2, image_size=16, spacing_mm=3.0, widths="4,4,8,8",
+            pipeline="monai")
+
+
+def _dirs(tmp_path: Path) -> dict:
+    return dict(data_root=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
+                cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def commit(monkeypatch):
+    """A fixed, clean commit id for every module that records one (the test tree may be dirty)."""
+    state = {"id": "c0ffee1"}
+    for module in (common.cv, common.brain_age, common.runlog):
+        monkeypatch.setattr(module, "git_commit", lambda: state["id"])
+    return state
+
+
+def test_every_subject_is_predicted_once_and_finished_folds_are_reused(tmp_path, commit, caplog):
+    write_study(tmp_path, 20)
+    run_root = Path(train(**TINY, **_dirs(tmp_path), run_name="cv", resume=True))
+    assert run_root == tmp_path / "runs" / "resnet3d" / "study" / "cv"
+    folds = load_folds("study", tmp_path / "results").set_index("participant_id")["fold"]
+    for k in range(5):  # fold k's model tested exactly fold k's subjects
+        tested = pd.read_csv(run_root / f"fold{k}" / "predictions_test.csv")["participant_id"]
+        assert set(tested) == set(folds[folds == k].index)
+    doc = json.loads((tmp_path / "results" / "resnet3d__study.json").read_text())
+    oof = pd.read_csv(tmp_path / "results" / doc["predictions"])
+    assert len(oof) == 20 and oof["participant_id"].is_unique and doc["n_subjects"]["out_of_fold"] == 20
+    assert (oof.set_index("participant_id")["fold"] == folds.loc[oof["participant_id"]]).all()
+    assert doc["n_folds"] == 5 and len(doc["metrics"]["fold_mae"]) == 5 and doc["commit"] == "c0ffee1"
+    assert doc["metrics"]["raw"]["mae"] == pytest.approx(np.abs(oof["predicted_age"] - oof["age"]).mean(), abs=1e-3)
+    lo, hi = doc["metrics"]["raw"]["mae_ci95"]
+    assert lo < doc["metrics"]["raw"]["mae"] < hi
+
+    stamps = {k: (run_root / f"fold{k}" / "best.pt").stat().st_mtime_ns for k in range(5)}
+    caplog.clear()
+    train(**TINY, **_dirs(tmp_path), run_name="cv", resume=True)
+    assert caplog.text.count("reusing the finished run") == 5
+    assert stamps == {k: (run_root / f"fold{k}" / "best.pt").stat().st_mtime_ns for k in range(5)}, "nothing retrained"
+
+    commit["id"] = "beef002"  # other code: every fold is stale, moved aside and retrained
+    train(**TINY, **_dirs(tmp_path), run_name="cv", resume=True)
+    assert len(list(run_root.glob("fold0.stale-*"))) == 1
+    assert json.loads((tmp_path / "results" / "resnet3d__study.json").read_text())["commit"] == "beef002"
+
+
+def test_test_labels_are_not_read_before_the_final_evaluation(tmp_path, commit):
+    """With the test fold's ages removed, training and checkpoint choice give identical weights."""
+    study = write_study(tmp_path, 20)
+    a = Path(train(**TINY, **_dirs(tmp_path), run_name="a", fold=0, publish=False))
+    folds = load_folds("study", tmp_path / "results")
+    test_ids = set(folds.loc[folds["fold"] == 0, "participant_id"])
+    table = pd.read_csv(study / "participants.tsv", sep="\t")
+    table.loc[table["participant_id"].isin(test_ids), "age"] = np.nan
+    table.to_csv(study / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(ValueError, match="test rows"):  # trains, then has no labelled test subject to report
+        train(**TINY, **_dirs(tmp_path), run_name="b", fold=0, publish=False)
+    b = a.parent.parent / "b" / "fold0"
+    wa, wb = (torch.load(r / "best.pt", weights_only=True) for r in (a, b))
+    assert wa["epoch"] == wb["epoch"]
+    for name, tensor in wa["model_state"].items():
+        assert torch.equal(tensor, wb["model_state"][name]), name
+    curves = [pd.read_csv(r / "metrics.csv").drop(columns=["time_s"], errors="ignore") for r in (a, b)]
+    columns = [k for k in curves[0].columns if "loss" in k or "mae" in k]
+    assert {"loss/train", "loss/val"} <= set(columns), columns
+    pd.testing.assert_frame_equal(*[c[columns] for c in curves])  # the same curves, so the same checkpoint choice
