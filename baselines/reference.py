@@ -9,7 +9,7 @@
   IXI-HH (``DLMUSE/DLMUSE_Volumes.csv``), standardised with training statistics. Cheap and strong:
   what many users would run instead of a deep network.
 
-Both are evaluated exactly like the deep methods (same split, bias correction fitted on
+Both are evaluated exactly like the deep methods (same folds, bias correction fitted on
 validation, test touched once).
 """
 
@@ -28,7 +28,8 @@ from sklearn.preprocessing import StandardScaler
 
 from common.brain_age import publish_brain_age_result, report_brain_age
 from common.cli import run as run_cli
-from common.experiment import labelled_split_frame, publication
+from common.cv import cross_validated
+from common.experiment import labelled_split_frame, publication, run_folder
 from common.io import write_json
 from common.paths import find_data_root
 from common.runlog import environment_info, git_commit
@@ -38,8 +39,7 @@ ALPHAS = np.logspace(-2, 5, 29)
 
 
 def _finish(method: str, label: str, source: str, frame: pd.DataFrame, pred: np.ndarray, dataset: str,
-            results_dir: str, runs_dir: str, params: dict, n_parameters: int | None, t0: float, notes: list[str]) -> str:
-    run_dir = Path(runs_dir) / method / dataset / "reference"
+            results_dir: str, run_dir: Path, params: dict, n_parameters: int | None, t0: float, notes: list[str]) -> str:
     run_dir.mkdir(parents=True, exist_ok=True)
     train_mean = float(frame.loc[frame["split"] == "train", "age"].mean())
     rows = frame["split"].isin(["val", "test"]).to_numpy()
@@ -51,31 +51,45 @@ def _finish(method: str, label: str, source: str, frame: pd.DataFrame, pred: np.
                              n_parameters=n_parameters, wall_time_s=time.time() - t0,
                              environment=environment_info(torch.device("cpu")), commit=git_commit(), run_dir=run_dir,
                              notes=notes, readme_folder="baselines")
-    log.info("%s on %s: test MAE %.2f -> %s", method, dataset, report["raw"]["mae"], path)
-    return str(path)
+    log.info("%s on %s, fold %d: test MAE %.2f -> %s", method, dataset, int(frame["fold"].iloc[0]), report["raw"]["mae"],
+             path)
+    return str(run_dir)
 
 
+def _root(method: str):
+    """The folder of ``method``'s runs on the call's dataset (common.cv.cross_validated)."""
+    return lambda a: Path(a["runs_dir"]) / method / a["dataset"]
+
+
+@cross_validated(_root("mean_age"))
 def mean_age(dataset: str = "ixi_hh", data_root: str | None = None, results_dir: str = "results",
-             runs_dir: str = "runs") -> str:
+             runs_dir: str = "runs", run_name: str = "reference", fold: int | str = "all") -> str:
     """Predict the training split's mean age for everyone; report on the test split.
 
     Args:
         dataset: dataset folder under the data root.
         data_root: data folder.
-        results_dir: split files in, ``results/mean_age__<dataset>.json`` out.
+        results_dir: fold files in, ``results/mean_age__<dataset>.json`` out.
         runs_dir: where predictions and plots are written.
+        run_name: run folder name.
+        fold: outer cross-validation fold (0..4), or ``all`` (common/cv.py).
+
+    Returns:
+        The run folder.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.time()
-    frame, _ = labelled_split_frame(dataset, data_root, results_dir)
+    frame, _ = labelled_split_frame(dataset, data_root, results_dir, fold=fold)
     pred = np.full(len(frame), float(frame.loc[frame["split"] == "train", "age"].mean()))
     return _finish("mean_age", "mean-age predictor (training mean)", "reference", frame, pred, dataset, results_dir,
-                   runs_dir, {}, 0, t0, ["constant prediction: correlation is undefined and the bias correction "
-                                         "is the identity"])
+                   run_folder(runs_dir, "mean_age", dataset, run_name, fold), {}, 0, t0,
+                   ["constant prediction: correlation is undefined and the bias correction is the identity"])
 
 
+@cross_validated(_root("roi_ridge"))
 def roi_ridge(dataset: str = "ixi_hh", data_root: str | None = None, results_dir: str = "results",
-              runs_dir: str = "runs", volumes_csv: str = "DLMUSE/DLMUSE_Volumes.csv") -> str:
+              runs_dir: str = "runs", volumes_csv: str = "DLMUSE/DLMUSE_Volumes.csv", run_name: str = "reference",
+              fold: int | str = "all") -> str:
     """Ridge regression on regional volumes, regularisation chosen on the training split.
 
     Args:
@@ -84,6 +98,11 @@ def roi_ridge(dataset: str = "ixi_hh", data_root: str | None = None, results_dir
         results_dir: split files in, ``results/roi_ridge__<dataset>.json`` out.
         runs_dir: where predictions and plots are written.
         volumes_csv: table under the dataset folder with ``MRID`` and one column per region (mm^3).
+        run_name: run folder name.
+        fold: outer cross-validation fold (0..4), or ``all`` (common/cv.py).
+
+    Returns:
+        The run folder.
 
     Raises:
         FileNotFoundError: no volume table.
@@ -95,7 +114,7 @@ def roi_ridge(dataset: str = "ixi_hh", data_root: str | None = None, results_dir
     if not path.is_file():
         raise FileNotFoundError(f"regional volume table {path} not found")
     volumes = pd.read_csv(path, dtype={"MRID": str}).set_index("MRID")
-    frame, _ = labelled_split_frame(dataset, data_root, results_dir)
+    frame, _ = labelled_split_frame(dataset, data_root, results_dir, fold=fold)
     frame = frame.assign(MRID=frame["image_path"].map(lambda p: Path(p).name.split("_T1")[0]))
     missing = sorted(set(frame["MRID"]) - set(volumes.index))
     if missing:
@@ -105,13 +124,13 @@ def roi_ridge(dataset: str = "ixi_hh", data_root: str | None = None, results_dir
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
     model.fit(x[train], frame.loc[train, "age"].to_numpy(float))
     alpha = float(model[-1].alpha_)
-    run_dir = Path(runs_dir) / "roi_ridge" / dataset / "reference"
+    run_dir = run_folder(runs_dir, "roi_ridge", dataset, run_name, fold)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "model.json", {"alpha": alpha, "alphas_searched": ALPHAS.tolist(), "n_features": x.shape[1],
                                         "regions": list(volumes.columns)})
     log.info("ridge alpha %.3g chosen by leave-one-out CV on %d training subjects", alpha, int(train.sum()))
     return _finish("roi_ridge", f"ridge on {x.shape[1]} DLMUSE regional volumes", "reference (scikit-learn RidgeCV)",
-                   frame, model.predict(x), dataset, results_dir, runs_dir,
+                   frame, model.predict(x), dataset, results_dir, run_dir,
                    {"alpha": alpha, "n_features": int(x.shape[1]), "cv": "efficient leave-one-out on training split"},
                    int(x.shape[1]) + 1, t0, [])
 

@@ -23,10 +23,11 @@ from torchvision.transforms import v2
 from common.classification import publish_classification_result, report_classification
 from common.cli import declare_profiles
 from common.cli import run as run_cli
+from common.cv import cross_validated
 from common.data.checks import BadImageError
 from common.device import configure_numerics, default_profile, select_device
 from common.distributed import main_process_first
-from common.experiment import default_run_name, labelled_split_frame, publication, resolve_profile
+from common.experiment import default_run_name, labelled_split_frame, publication, resolve_profile, run_folder
 from common.plots import training_curves
 from common.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from common.results import split_counts
@@ -139,13 +140,14 @@ def _method_name(weights: str) -> str:
     return f"{METHOD}_{path.stem.lower()}"
 
 
+@cross_validated(lambda a: Path(a["runs_dir"]) / _method_name(a["weights"]) / a["dataset"])
 def train(profile: str | None = None, dataset: str = "ds000228", weights: str = "none", data_root: str | None = None,
           epochs: int | None = None, lr: float | None = None, image_size: int | None = None,
           precise_bn: bool | None = None, seed: int = 42,
           device: str = "auto",
           run_name: str | None = None, runs_dir: str = "runs", results_dir: str = "results",
           cache_dir: str = ".cache", max_per_split: int | None = None, resume: bool = False,
-          publish: bool = True) -> str:
+          publish: bool = True, fold: int | str = "all") -> str:
     """Train on the training mid-slices (plus their 180-degree copies), choose the epoch by
     validation accuracy, then test once.
 
@@ -169,6 +171,8 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
         max_per_split: first N participants per split only (smoke tests).
         resume: continue ``run_name`` from its ``last.pt``.
         publish: write ``results/midslice_resnet18[...]__<dataset>.json``.
+        fold: outer cross-validation fold to run (0..4), or ``all``: every fold, then the pooled
+            out-of-fold result (common/cv.py).
 
     Returns:
         The run folder.
@@ -183,12 +187,12 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
     configure_numerics(dev, "fp32")  # no autocast in this method: fp32 on every device
     run_name = run_name or default_run_name(profile)
     method = _method_name(weights)
-    run_dir = Path(runs_dir) / method / dataset / run_name
+    run_dir = run_folder(runs_dir, method, dataset, run_name, fold)
     if run_dir.exists() and (run_dir / "last.pt").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
     torch.manual_seed(seed)
     model, provenance = build_resnet18_classifier(len(CLASS_NAMES), weights)
-    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
+    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split, fold)
     frame = frame[frame["label"].isin(CLASS_NAMES)].reset_index(drop=True)
     with main_process_first():  # under torchrun rank 0 fills the slice cache, the others read it
         frame, images = prepare_slices(frame, cache_dir, exclusions)
@@ -196,7 +200,7 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
     exclusions.write(run_dir / "exclusions.csv")
     data = _datasets(frame, images, hp)
     batch = max(1, len(data["train"]) // hp["batch_divisor"])  # source: floor(numel(training images) / 4)
-    config = {"method": method, "dataset": dataset, "profile": profile, "weights": str(weights),
+    config = {"method": method, "dataset": dataset, "fold": int(fold), "profile": profile, "weights": str(weights),
               "weights_provenance": provenance, **hp, "batch_size": batch, "seed": seed, "run_dir": str(run_dir),
               "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir,
               "max_per_split": max_per_split, "class_names": CLASS_NAMES}
@@ -238,7 +242,8 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
     if _state is None:
         from common.data.manifest import Exclusions
 
-        frame, _ = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"])
+        frame, _ = labelled_split_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"],
+                                        cfg.get("fold", 0))
         frame, images = prepare_slices(frame[frame["label"].isin(CLASS_NAMES)].reset_index(drop=True),
                                        cfg["cache_dir"], Exclusions())
         hp, fit, t0 = {k: cfg[k] for k in PROFILES["paper"]}, None, time.time()
@@ -265,7 +270,8 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
             source=SOURCE, dataset=cfg["dataset"], profile=cfg["profile"], source_reported=SOURCE_REPORTED,
             n_subjects=split_counts(frame), parameters=params, n_parameters=sum(p.numel() for p in model.parameters()),
             wall_time_s=time.time() - t0, environment=environment_info(dev), commit=git_commit(), run_dir=run_dir,
-            notes=notes, readme_folder="midslice_classifier")
+            notes=notes, readme_folder="midslice_classifier", fold=cfg.get("fold", 0),
+            predictions=run_dir / "predictions_test.csv")
         log.info("wrote %s", path)
     return metrics
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from pathlib import Path
 
 import torch
 from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
@@ -19,6 +20,7 @@ from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftInt
 from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
 from common.cli import declare_profiles
 from common.cli import run as run_cli
+from common.cv import cross_validated
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import int_tuple, publication, resolve_profile
@@ -78,6 +80,7 @@ def model_from_checkpoint(ckpt: dict) -> BrainAgeResNet3D:
     return BrainAgeResNet3D(dropout=ckpt["model_args"]["dropout"], widths=tuple(ckpt["model_args"]["widths"]))
 
 
+@cross_validated(lambda a: Path(a["runs_dir"]) / METHOD / a["dataset"])
 def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | None = None,
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           weight_decay: float | None = None, warmup_epochs: int | None = None, min_lr: float | None = None,
@@ -87,7 +90,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
           pipeline: str | None = None, widths: str = "64,128,256,512", seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
           results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
-          resume: bool = False, publish: bool = True) -> str:
+          resume: bool = False, publish: bool = True, fold: int | str = "all") -> str:
     """Train the 3D ResNet-18 on the train split, select by validation MAE, then test.
 
     Settings left unset come from the profile (``paper``: the source's; ``cpu``: reduced).
@@ -128,6 +131,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         max_per_split: use only the first N participants of each split (smoke tests).
         resume: continue from ``last.pt`` of ``run_name``.
         publish: write ``results/resnet3d__<dataset>.json``.
+        fold: outer cross-validation fold to run (0..4), or ``all``: every fold, then the pooled
+            out-of-fold result (common/cv.py).
 
     Returns:
         The run folder.
@@ -160,7 +165,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     run_dir, frame, fit, t0 = train_brain_age(
         method=METHOD, dataset=dataset, profile=profile, hp=hp, spec=spec, build=build, seed=seed, device=device,
         run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir, data_root=data_root,
-        max_per_split=max_per_split, resume=resume)
+        max_per_split=max_per_split, resume=resume, fold=fold)
     evaluate(str(run_dir), publish=publish, device=device, _frame=frame, _wall_start=t0, _fit=fit)
     return str(run_dir)
 

@@ -28,9 +28,10 @@ import torch
 from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age, usable_frame, volume_loader
 from common.cli import declare_profiles
 from common.cli import run as run_cli
+from common.cv import cross_validated
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile, select_device
-from common.experiment import default_run_name, publication, resolve_profile
+from common.experiment import default_run_name, publication, resolve_profile, run_folder
 from common.io import write_csv, write_json
 from common.training import load_checkpoint, predict
 from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense, discretize_age, init_weights
@@ -163,6 +164,7 @@ def _stage1_build(hp: dict, cache_dir: str) -> Callable[[pd.DataFrame], Regresso
     return build
 
 
+@cross_validated(lambda a: Path(a["runs_dir"]) / STAGE1 / a["dataset"])
 def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | None = None,
                       epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                       lbd: float | None = None, nb_filter: int | None = None, nb_block: int | None = None,
@@ -171,7 +173,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
                       amp_dtype: str | None = None, seed: int = 42,
                       device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
                       results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
-                      resume: bool = False, publish: bool = True) -> str:
+                      resume: bool = False, publish: bool = True, fold: int | str = "all") -> str:
     """Stage 1: ScaleDense trained with MSE + lambda * (ranking + beta * age difference), Adam (amsgrad),
     ReduceLROnPlateau on validation MAE, early stopping; best checkpoint by validation MAE; then test.
 
@@ -198,6 +200,8 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
         max_per_split: first N participants per split (smoke runs).
         resume: continue ``run_name`` from ``last.pt``.
         publish: write ``results/tsan_stage1__<dataset>.json``.
+        fold: outer cross-validation fold to run (0..4), or ``all``: every fold, then the pooled
+            out-of-fold result (common/cv.py).
 
     Returns:
         The run folder.
@@ -214,7 +218,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
     run_dir, frame, fit, t0 = train_stage1_alive(
         method=STAGE1, dataset=dataset, profile=profile, hp=hp, seed=seed, device=device,
         run_name=run_name or default_run_name(profile), runs_dir=runs_dir, results_dir=results_dir,
-        cache_dir=cache_dir, data_root=data_root, max_per_split=max_per_split, resume=resume)
+        cache_dir=cache_dir, data_root=data_root, max_per_split=max_per_split, resume=resume, fold=fold)
     if hp["registration"].startswith(("ants", "mni_brain")):
         write_registration_qc(frame, run_dir)
     _evaluate(str(run_dir), STAGE1, publish, device, frame, t0, fit)
@@ -252,27 +256,30 @@ def constant_output(run_dir: Path, frame: pd.DataFrame, device: str) -> bool:
 
 def train_stage1_alive(*, method: str, dataset: str, profile: str, hp: dict, seed: int, device: str, run_name: str,
                        runs_dir: str, results_dir: str, cache_dir: str, data_root: str | None,
-                       max_per_split: int | None, resume: bool, annotate=None) -> tuple[Path, pd.DataFrame, dict, float]:
-    """:func:`train_brain_age` for stage 1, retried with the next seed (run folder ``<run_name>-seed<s>``,
-    at most :data:`STAGE1_ATTEMPTS` seeds) when the trained network's output is dead
-    (:func:`constant_output` on the validation rows), with a warning; the wall time counts every attempt.
+                       max_per_split: int | None, resume: bool, fold: int = 0,
+                       annotate=None) -> tuple[Path, pd.DataFrame, dict, float]:
+    """:func:`train_brain_age` for stage 1, retried with the next seed (at most :data:`STAGE1_ATTEMPTS`
+    seeds) when the trained network's output is dead (:func:`constant_output` on the validation rows),
+    with a warning; the dead run is kept beside, as ``<run folder>.dead-seed<s>``, and the wall time
+    counts every attempt.
 
     Raises:
         RuntimeError: the output died with every seed.
     """
     t_first = None
     for attempt in range(STAGE1_ATTEMPTS):
-        name = run_name if attempt == 0 else f"{run_name}-seed{seed + attempt}"
         run_dir, frame, fit, t0 = train_brain_age(
             method=method, dataset=dataset, profile=profile, hp=hp, spec=_spec(hp), build=_stage1_build(hp, cache_dir),
-            seed=seed + attempt, device=device, run_name=name, runs_dir=runs_dir, results_dir=results_dir,
+            seed=seed + attempt, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir,
             cache_dir=cache_dir, data_root=data_root, max_per_split=max_per_split, resume=resume and attempt == 0,
-            early_stopping_patience=hp["early_stopping"], exclude=UNKNOWN_SEX, annotate=annotate)
+            fold=fold, early_stopping_patience=hp["early_stopping"], exclude=UNKNOWN_SEX, annotate=annotate)
         t_first = t0 if t_first is None else t_first
         if not constant_output(run_dir, frame[frame["split"] == "val"], device):
             return run_dir, frame, fit, t_first
-        log.warning("stage 1 in %s predicts one constant age for every validation subject (dead ReLU output); "
-                    "retraining with seed %d", run_dir, seed + attempt + 1)
+        dead = run_dir.with_name(f"{run_dir.name}.dead-seed{seed + attempt}")
+        run_dir.rename(dead)
+        log.warning("stage 1 predicts one constant age for every validation subject (dead ReLU output; kept in %s); "
+                    "retraining with seed %d", dead, seed + attempt + 1)
     raise RuntimeError(f"stage 1 output died with seeds {seed}..{seed + STAGE1_ATTEMPTS - 1}; see {run_dir}")
 
 
@@ -294,18 +301,47 @@ def write_registration_qc(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     return qc
 
 
+def _first_stage_config(first_stage: str | Path) -> dict:
+    """``config.json`` of a stage-1 run: of its fold 0 when ``first_stage`` is a cross-validated run
+    (fold folders inside), else of ``first_stage`` itself.
+
+    Raises:
+        FileNotFoundError: neither holds a ``config.json``.
+    """
+    for cfg in (Path(first_stage) / "fold0" / "config.json", Path(first_stage) / "config.json"):
+        if cfg.is_file():
+            return json.loads(cfg.read_text())
+    raise FileNotFoundError(f"{first_stage} is not a stage-1 run (no config.json, no fold0/config.json)")
+
+
+def _variant_method(variant: str) -> str:
+    """The result name of a stage-2 variant (:data:`VARIANTS`).
+
+    Raises:
+        ValueError: unknown variant.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    return VARIANTS[variant]
+
+
+@cross_validated(lambda a: Path(a["runs_dir"]) / _variant_method(a["variant"]) / _first_stage_config(a["first_stage"])["dataset"],
+                 dataset_of=lambda a: _first_stage_config(a["first_stage"])["dataset"],
+                 per_fold=lambda a, k: {**a, "first_stage": str(Path(a["first_stage"]) / f"fold{k}")})
 def train_second_stage(first_stage: str, variant: str = "faithful", profile: str | None = None,
                        data_root: str | None = None, epochs: int | None = None, batch_size: int | None = None,
                        lr: float | None = None, lbd: float | None = None, dis_range: float | None = None,
                        amp_dtype: str | None = None, seed: int = 42, device: str = "auto",
                        run_name: str | None = None, runs_dir: str = "runs",
                        results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
-                       resume: bool = False, publish: bool = True) -> str:
+                       resume: bool = False, publish: bool = True, fold: int | str = "all") -> str:
     """Stage 2: the residual network on top of the frozen stage 1 (discretised age ``d`` as input),
     MSE(r, y - d) + lambda * ranking terms on ``d + r``, SGD; then test.
 
     Args:
-        first_stage: run folder of a finished stage-1 run (its ``best.pt``, dataset and preprocessing).
+        first_stage: a finished stage-1 run: the cross-validated run (fold folders inside) with
+            ``fold=all``, or one fold's run folder (its ``best.pt``, dataset and preprocessing) with
+            ``fold=k``; stage 2 of fold k builds on stage 1 of fold k.
         variant: ``faithful`` (the public code), ``normalized_d`` (the ``d`` branch gets the
             discretised age standardised with the training split's age mean and SD) or ``out_of_fold``
             (stage 2 trains on stage-1 ages of models that did not see the subject,
@@ -316,18 +352,20 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
         amp_dtype: training precision (``fp32``, ``bf16`` or ``fp16``; as stage 1).
         seed, device, run_name, runs_dir, results_dir, cache_dir, max_per_split, resume: as stage 1.
         publish: write ``results/tsan_stage2[_normd|_oof]__<dataset>.json``.
+        fold: outer fold (0..4; the stage-1 run folder's fold), or ``all`` (common/cv.py).
 
     Returns:
         The run folder.
 
     Raises:
-        ValueError: unknown variant.
+        ValueError: unknown variant, or a stage-1 run of another fold.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    _variant_method(variant)
     first_dir = Path(first_stage)
     first_cfg = json.loads((first_dir / "config.json").read_text())
+    if int(first_cfg.get("fold", 0)) != int(fold):
+        raise ValueError(f"{first_dir} is stage 1 of fold {first_cfg.get('fold', 0)}, not of fold {fold}")
     first_ckpt = load_checkpoint(first_dir / "best.pt", STAGE1)
     profile = profile or first_cfg["profile"]
     hp = resolve_profile(PROFILES, profile, {})
@@ -362,16 +400,16 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
     if variant == "out_of_fold":
         t_oof = time.time()
         run_name = run_name or default_run_name(profile)
+        oof_csv = run_folder(runs_dir, method, first_cfg["dataset"], run_name, fold) / "out_of_fold_stage1.csv"
         oof = out_of_fold_stage1_ages(first_cfg, hp["oof_folds"], device, runs_dir, results_dir, cache_dir,
-                                      data_root, max_per_split,
-                                      Path(runs_dir) / method / first_cfg["dataset"] / run_name / "out_of_fold_stage1.csv")
+                                      data_root, max_per_split, oof_csv)
         annotate = functools.partial(attach_stage1_age, oof)
         stage2_hp["out_of_fold_seconds"] = round(time.time() - t_oof, 1)
     run_dir, frame, fit, t0 = train_brain_age(
         method=method, dataset=first_cfg["dataset"], profile=profile, hp=stage2_hp, spec=_spec(hp), build=build,
         seed=seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
-        data_root=data_root, max_per_split=max_per_split, resume=resume, early_stopping_patience=hp["early_stopping"],
-        exclude=UNKNOWN_SEX, annotate=annotate)
+        data_root=data_root, max_per_split=max_per_split, resume=resume, fold=fold,
+        early_stopping_patience=hp["early_stopping"], exclude=UNKNOWN_SEX, annotate=annotate)
     if annotate is not None:
         t0 -= stage2_hp["out_of_fold_seconds"]  # the fold models are part of this variant's wall time
     _evaluate(str(run_dir), method, publish, device, frame, t0, fit)
@@ -385,7 +423,7 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
     The ``out_of_fold`` variant's fix of the stage-2 collapse (README, "The stage-2 question"): the
     training subjects are split into ``folds`` subject-level folds; for each fold a stage-1 model with
     the settings of the first-stage run (``first_cfg``) is trained on the other folds (same validation
-    split for checkpoint selection; run folder ``runs/tsan_stage1_fold/<dataset>/<run>-fold<k>``) and
+    split for checkpoint selection; run folder ``runs/tsan_stage1_fold/<dataset>/<run>-inner<k>/fold<outer>``) and
     predicts the held-out fold. Stage 2 then learns residuals of the size it meets at test time
     instead of the in-sample residuals of a stage 1 that has fitted its own training subjects.
     Cached in ``out_csv`` (a rerun with the same run name reuses it).
@@ -398,7 +436,6 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
     """
     from sklearn.model_selection import KFold
 
-
     if out_csv.exists():
         log.info("out-of-fold stage-1 ages from %s", out_csv)
         return pd.read_csv(out_csv, dtype={"session_id": str, "participant_id": str}).fillna({"session_id": ""})
@@ -407,7 +444,8 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
     # the stage-1 run's settings (a run recorded before a setting existed gets the profile's value)
     hp = {**PROFILES[first_cfg["profile"]], **{k: first_cfg[k] for k in PROFILES["paper"] if k in first_cfg}}
     dataset, root = first_cfg["dataset"], data_root or first_cfg["data_root"]
-    frame, _ = usable_frame(dataset, root, results_dir, max_per_split, UNKNOWN_SEX, STAGE1_FOLD)
+    outer = int(first_cfg.get("fold", 0))
+    frame, _ = usable_frame(dataset, root, results_dir, max_per_split, UNKNOWN_SEX, STAGE1_FOLD, fold=outer)
     ids = np.array(sorted(frame.loc[frame["split"] == "train", "participant_id"].unique()))
     if len(ids) < folds:
         raise ValueError(f"{len(ids)} training subjects cannot make {folds} folds")
@@ -420,17 +458,18 @@ def out_of_fold_stage1_ages(first_cfg: dict, folds: int, device: str, runs_dir: 
             f.loc[(f["split"] == "train") & f["participant_id"].isin(held_ids), "split"] = HELD_OUT
             return f
 
-        fold_name = f"{out_csv.parent.name}-fold{k}"
-        fold_dir = Path(runs_dir) / STAGE1_FOLD / dataset / fold_name
+        fold_name = f"{out_csv.parent.parent.name}-inner{k}"
+        fold_dir = run_folder(runs_dir, STAGE1_FOLD, dataset, fold_name, outer)
         log.info("out-of-fold stage 1, fold %d of %d: %d training subjects held out", k + 1, folds, len(held_ids))
         fold_dir, fold_frame, _, _ = train_stage1_alive(
             method=STAGE1_FOLD, dataset=dataset, profile=first_cfg["profile"], hp=hp, seed=first_cfg["seed"],
             device=device, run_name=fold_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
-            data_root=root, max_per_split=max_per_split, resume=(fold_dir / "last.pt").exists(), annotate=annotate)
+            data_root=root, max_per_split=max_per_split, resume=(fold_dir / "last.pt").exists(), fold=outer,
+            annotate=annotate)
         held_frame = fold_frame[fold_frame["split"] == HELD_OUT].reset_index(drop=True)
         ages = predict_ages(fold_dir, held_frame, device)
         parts.append(pd.DataFrame({"participant_id": held_frame["participant_id"], "session_id": held_frame["session_id"],
-                                   "stage1_age": ages, "fold": k, "fold_run": fold_dir.name}))
+                                   "stage1_age": ages, "fold": k, "fold_run": fold_name}))
     table = pd.concat(parts, ignore_index=True)
     write_csv(out_csv, table)
     return table
@@ -531,7 +570,7 @@ def residual_sources(run_dir: str, device: str = "auto") -> dict:
     if "stage1" not in ckpt["model_args"]:
         raise ValueError(f"{run_dir} is not a stage-2 run")
     frame, _ = usable_frame(cfg["dataset"], cfg["data_root"], cfg["results_dir"], cfg["max_per_split"], UNKNOWN_SEX,
-                            cfg["method"], VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"])
+                            cfg["method"], VolumeSpec.from_dict(ckpt["preprocess"]), cfg["cache_dir"], cfg.get("fold", 0))
     oof_csv = run_dir / "out_of_fold_stage1.csv"
     if oof_csv.exists():  # out_of_fold: the training rows' d is the one stage 2 trained with
         oof = pd.read_csv(oof_csv, dtype={"session_id": str, "participant_id": str}).fillna({"session_id": ""})

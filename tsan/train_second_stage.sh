@@ -21,4 +21,5 @@ args=(--first_stage="${FIRST_STAGE%/}" --variant="${VARIANT:-faithful}")
 [[ -n "${RUN_NAME:-}" ]] && args+=(--run_name="$RUN_NAME")
 [[ -n "${DATA_ROOT:-}" ]] && args+=(--data_root="$DATA_ROOT")
 [[ -n "${SEED:-}" ]] && args+=(--seed="$SEED")
+[[ -n "${RESUME:-}" ]] && args+=(--resume="$RESUME")
 exec python -m tsan.train train_second_stage "${args[@]}" "$@"

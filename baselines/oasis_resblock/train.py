@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 from monai.transforms import Compose, Lambda, RandFlip, RandGaussianNoise, RandScaleIntensity
@@ -20,6 +21,7 @@ from baselines.oasis_resblock.model import OasisResBlockRegressor
 from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
 from common.cli import declare_profiles
 from common.cli import run as run_cli
+from common.cv import cross_validated
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import publication, resolve_profile
@@ -93,12 +95,13 @@ def model_from_checkpoint(ckpt: dict) -> DenormalisedAge:
     return DenormalisedAge(OasisResBlockRegressor())
 
 
+@cross_validated(lambda a: Path(a["runs_dir"]) / METHOD / a["dataset"])
 def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | None = None,
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           amp_dtype: str | None = None, pipeline: str | None = None, seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs", results_dir: str = "results",
           cache_dir: str = ".cache", max_per_split: int | None = None, resume: bool = False,
-          publish: bool = True) -> str:
+          publish: bool = True, fold: int | str = "all") -> str:
     """Train on the training split (age z-scored with training statistics), choose the epoch with
     the lowest validation loss, then test with the validation-fitted bias correction.
 
@@ -122,6 +125,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         max_per_split: first N participants per split only (smoke tests).
         resume: continue ``run_name`` from its ``last.pt``.
         publish: write ``results/oasis_resblock__<dataset>.json``.
+        fold: outer cross-validation fold to run (0..4), or ``all``: every fold, then the pooled
+            out-of-fold result (common/cv.py).
 
     Returns:
         The run folder.
@@ -148,7 +153,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     run_dir, frame, fit, t0 = train_brain_age(
         method=METHOD, dataset=dataset, profile=profile, hp=hp, spec=spec, build=build, seed=seed, device=device,
         run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir, data_root=data_root,
-        max_per_split=max_per_split, resume=resume, selection=VAL_MSE, early_stopping_patience=hp["early_stopping"])
+        max_per_split=max_per_split, resume=resume, fold=fold, selection=VAL_MSE, early_stopping_patience=hp["early_stopping"])
     evaluate(str(run_dir), publish=publish, device=device, _frame=frame, _wall_start=t0, _fit=fit)
     return str(run_dir)
 

@@ -27,9 +27,10 @@ from baselines.vgg16_svr.features import FeatureCache, VGG16Features
 from common.brain_age import publish_brain_age_result, report_brain_age
 from common.cli import declare_profiles
 from common.cli import run as run_cli
+from common.cv import cross_validated
 from common.data.checks import BadImageError
 from common.device import configure_numerics, default_profile
-from common.experiment import default_run_name, labelled_split_frame, publication, resolve_profile
+from common.experiment import default_run_name, labelled_split_frame, publication, resolve_profile, run_folder
 from common.runlog import RunLogger, environment_info, git_commit, progress
 
 log = logging.getLogger("vgg16_svr")
@@ -86,11 +87,22 @@ def fit_late_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndar
     return np.mean(preds, axis=0), models
 
 
+def _root(a: dict) -> Path:
+    """``<runs>/vgg16_svr[_randinit]/<dataset>``: the folder of this run's folds."""
+    return Path(a["runs_dir"]) / f"vgg16_svr{_suffix(a['weights'])}" / a["dataset"]
+
+
+def _suffix(weights) -> str:
+    """``_randinit`` for a random-init VGG16 (the result names say so), else ``""``."""
+    return "_randinit" if weights in ("none", "", None) else ""
+
+
+@cross_validated(_root)
 def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "none", data_root: str | None = None,
          keep_triplets: int | None = None, slicing: str | None = None, seed: int = 42, run_name: str | None = None,
          runs_dir: str = "runs",
          results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
-         publish: bool = True) -> str:
+         resume: bool = False, publish: bool = True, fold: int | str = "all") -> str:
     """Extract (or load cached) VGG16 features, fit both fusions on the training split, fit the
     bias correction on validation and report on test.
 
@@ -109,7 +121,10 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
         results_dir: split files in, result JSON out.
         cache_dir: feature cache.
         max_per_split: first N participants per split only (smoke tests).
+        resume: with ``fold=all``, reuse the finished folds of ``run_name`` (common/cv.py).
         publish: write ``results/vgg16_svr_{early,late}[_randinit]__<dataset>.json``.
+        fold: outer cross-validation fold to run (0..4), or ``all``: every fold, then the pooled
+            out-of-fold results (common/cv.py).
 
     Returns:
         The run folder.
@@ -122,9 +137,9 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     hp = resolve_profile(PROFILES, profile, overrides)
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     extractor = VGG16Features(weights, seed=seed)
-    suffix = "_randinit" if weights in ("none", "", None) else ""
-    run_dir = Path(runs_dir) / f"vgg16_svr{suffix}" / dataset / (run_name or default_run_name(profile))
-    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split)
+    suffix = _suffix(weights)
+    run_dir = run_folder(runs_dir, f"vgg16_svr{suffix}", dataset, run_name or default_run_name(profile), fold)
+    frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split, fold)
     cache = FeatureCache(cache_dir, extractor, str(weights), hp["keep_triplets"], seed=seed, slicing=hp["slicing"])
     features, keep = [], []
     for i, row in enumerate(progress(list(frame.itertuples()), desc="VGG16 features", unit="scan")):
