@@ -16,9 +16,10 @@ from common.experiment import labelled_split_frame
 from common.io import save_torch
 from common.metrics import BiasCorrection
 from common.paths import DataRootNotFound
-from common.splits import make_age_stratified_split
+from common.splits import make_age_stratified_folds
 from resnet3d.model import BrainAgeResNet3D
 from tests.bad_inputs import IMAGE_CASES, TABLE_CASES, VOLUME_CASES, write_bad_bids, write_bad_image_folder, write_volume_corpus
+from tests.conftest import write_folds
 
 SPEC = VolumeSpec(shape=(16, 16, 16), spacing_mm=(3.0, 3.0, 3.0))
 
@@ -111,10 +112,20 @@ def test_training_entry_point(tmp_path):
     study = write_bad_bids(tmp_path / "data" / "study")
     manifest, _ = load_bids(study)
     subjects = manifest.dropna(subset=["age"]).groupby("participant_id", as_index=False)["age"].mean()
-    (tmp_path / "results" / "splits").mkdir(parents=True)
-    make_age_stratified_split(subjects, seed=0).to_csv(tmp_path / "results" / "splits" / "study.csv", index=False)
+    folds = tmp_path / "results" / "splits" / "study.csv"
+    ids = sorted(subjects["participant_id"])
+    bad = [p for p in ids if p.startswith("sub-bad")]
+    # every fold of the age-stratified folds draws a broken scan into validation: too few usable
+    folds.parent.mkdir(parents=True)
+    make_age_stratified_folds(subjects, seed=0).to_csv(folds, index=False)
+    with pytest.raises(ValueError, match="too few usable subjects"):
+        train.train(dataset="study", data_root=str(tmp_path / "data"), profile="cpu", epochs=1, batch_size=2,
+                    image_size=40, spacing_mm=3.0, widths="4,8,8,8", pipeline="monai", run_name="few", fold=0,
+                    runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "runs" / "resnet3d" / "study" / "few" / "fold0" / "last.pt").exists(), "refused before training"
+    write_folds(folds, ids, bad + ["sub-00", "sub-07"])  # the broken scans in the test fold: validation stays usable
     run = train.train(dataset="study", data_root=str(tmp_path / "data"), profile="cpu", epochs=1, batch_size=2,
-                      image_size=16, spacing_mm=3.0, widths="4,8,8,8", pipeline="monai", run_name="bad",
+                      image_size=40, spacing_mm=3.0, widths="4,8,8,8", pipeline="monai", run_name="bad", fold=0,
                       runs_dir=str(tmp_path / "runs"),
                       results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"), publish=False)
     excluded = pd.read_csv(f"{run}/exclusions.csv")

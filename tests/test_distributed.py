@@ -90,14 +90,14 @@ def test_tsan_stage1_cli_runs_under_torchrun(tmp_path):
     log = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "tsan.train", "train_first_stage",
           "--dataset=study", "--profile=cpu", "--epochs=2", "--batch_size=4", "--nb_filter=2", "--nb_block=2",
-          "--downsample=4", "--registration=monai", "--use_dataset_mask=False", "--run_name=ddp",
+          "--downsample=4", "--registration=monai", "--use_dataset_mask=False", "--run_name=ddp", "--fold=0",
           f"--data_root={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
           f"--cache_dir={cache}"])
-    run = tmp_path / "runs" / "tsan_stage1" / "study" / "ddp"
+    run = tmp_path / "runs" / "tsan_stage1" / "study" / "ddp" / "fold0"
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert len(pd.read_csv(run / "metrics.csv")) == 2, "one metrics row per epoch, written once"
     assert len(list(run.glob("events.out.tfevents.*"))) == 1, "one TensorBoard writer (rank 0)"
-    assert (tmp_path / "results" / "tsan_stage1__study.json").exists()
+    assert (run / "fold_results" / "tsan_stage1__study.json").exists()
     # the ranks split the cold preprocessing: each scan exactly once, and every rank then sees them all
     done = [int(n) for n in re.findall(r"preprocessing (\d+) volumes", log)]
     cached = list(cache.glob("volumes-*/*.npy"))

@@ -6,41 +6,82 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pytest
+
 from scripts import make_leaderboard
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _result(method: str, dataset: str, mae: float) -> dict:
+def _result(results: Path, method: str, dataset: str, errors: np.ndarray, commit: str = "abc1234") -> dict:
+    """A pooled cross-validated result file and its out-of-fold predictions (``errors``: years)."""
+    ages = np.linspace(20, 80, len(errors))
+    pred = ages + errors
+    table = pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(len(errors))], "session_id": "",
+                          "age": ages, "predicted_age": pred, "predicted_age_corrected": pred,
+                          "fold": np.arange(len(errors)) % 5})
+    (results / "predictions").mkdir(parents=True, exist_ok=True)
+    table.to_csv(results / "predictions" / f"{method}__{dataset}.csv", index=False)
+    mae = float(np.abs(errors).mean())
     raw = {"mae": mae, "rmse": mae + 1, "pearson_r": 0.8, "r2": 0.6, "spearman_gap_age": -0.4, "mean_gap": 0.1,
-           "n": 20, "mae_ci95": [mae - 1, mae + 1]}
-    return {"method": method, "method_label": method.upper(), "dataset": dataset, "task": "brain_age",
-            "profile": "cpu", "n_subjects": {"train": 70, "val": 15, "test": 15},
-            "metrics": {"raw": raw, "corrected": {**raw, "mae": mae + 0.5}, "mean_predictor_mae": 14.0,
-                        "mae_ratio_to_mean_predictor": mae / 14.0},
-            "source_reported": {"mae": 9.13, "pearson_r": 0.734, "dataset": "IXI"}, "n_parameters": 33_000_000,
-            "parameters": {"pipeline": "mni_brain"},
-            "wall_time_s": 300.0, "device": "cpu", "notes": ["cpu profile"]}
+           "n": len(errors), "mae_ci95": [mae - 1, mae + 1], "mae_by_age": {"20-30": {"mae": mae, "n": 7}}}
+    doc = {"method": method, "method_label": method.upper(), "dataset": dataset, "task": "brain_age",
+           "profile": "cpu", "n_folds": 5, "n_subjects": {"out_of_fold": len(errors)},
+           "metrics": {"raw": raw, "corrected": {**raw, "mae": mae + 0.5}, "mean_predictor_mae": 14.0,
+                       "mae_ratio_to_mean_predictor": mae / 14.0, "fold_mae_mean": mae, "fold_mae_sd": 0.3,
+                       "bias_correction": {"formula": "cole"},
+                       "correction_on_validation": {"raw_mae": mae, "corrected_mae_leave_one_out": mae + 1}},
+           "source_reported": {"mae": 9.13, "pearson_r": 0.734, "dataset": "IXI"}, "n_parameters": 33_000_000,
+           "parameters": {"pipeline": "mni_brain"}, "predictions": f"predictions/{method}__{dataset}.csv",
+           "wall_time_s": 300.0, "device": "cpu", "notes": ["cpu profile"], "commit": commit}
+    (results / f"{method}__{dataset}.json").write_text(json.dumps(doc))
+    return doc
 
 
-def test_regeneration_is_stable_and_fills_readme(tmp_path):
+def test_rows_are_ranked_by_paired_differences_and_regeneration_is_stable(tmp_path):
     results = tmp_path / "results"
-    results.mkdir()
-    for method, dataset, mae in [("b", "ixi_hh", 8.0), ("a", "ds000228", 3.0), ("a", "ixi_hh", 7.5)]:
-        (results / f"{method}__{dataset}.json").write_text(json.dumps(_result(method, dataset, mae)))
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 3, 60)
+    _result(results, "a", "ixi_hh", base)
+    _result(results, "b", "ixi_hh", base + np.sign(base) * 3 + rng.normal(0, 0.5, 60))  # clearly worse on the same subjects
+    _result(results, "c", "ixi_hh", base + rng.normal(0, 0.3, 60))  # indistinguishable from a
+    _result(results, "a", "ds000228", rng.normal(0, 1, 60))
+    old = {"method": "d", "dataset": "ixi_hh", "task": "brain_age", "n_subjects": {"train": 70, "val": 15, "test": 15}}
+    (results / "d__ixi_hh.json").write_text(json.dumps(old))
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- leaderboard:start -->\nold\n<!-- leaderboard:end -->\noutro\n")
+    readme.write_text("intro\n<!-- leaderboard:start -->\nstale text\n<!-- leaderboard:end -->\noutro\n")
     make_leaderboard.main(str(results), str(readme))
     board = (results / "LEADERBOARD.md").read_text()
+    ixi = board[board.index("### Brain age on ixi_hh"):]
+    table = ixi[:ixi.index("MAE by age band")].splitlines()
+    rows = {line.split(" | ")[1].strip("*"): line for line in table if line.startswith("| ") and line[2].isdigit()}
+    assert rows["A"].startswith("| 1 | **A** |") and rows["C"].startswith("| 1 | **C** |"), "a and c are not separable"
+    assert rows["B"].startswith("| 3 | B |"), "b is worse than both, with CIs that exclude 0"
+    assert "60 (5 folds)" in rows["A"] and "abc1234" in rows["A"]
+    pairs = ixi[ixi.index("Paired comparisons"):]
+    b_vs = [line for line in pairs.splitlines() if line.startswith("| ") and " B |" in line]
+    assert len(b_vs) == 2 and all("]*" in line for line in b_vs), b_vs
+    assert board.index("### Brain age on ds000228") < board.index("### Brain age on ixi_hh")
+    assert board.count("cpu profile") == 3, "a note is said once per method (A has two datasets)"
+    assert "Not shown (single-split results of the earlier protocol): d__ixi_hh.json" in board
     first_readme = readme.read_text()
-    assert "| ixi_hh | A | cpu | shared: brain, N4, affine to MNI | 70/15/15 | 7.50 [6.50, 8.50]" in board
-    assert board.index("| ds000228 |") < board.index("| ixi_hh | A |") < board.index("| ixi_hh | B |")
-    assert "old" not in first_readme and first_readme.startswith("intro\n") and first_readme.endswith("outro\n")
+    assert "stale text" not in first_readme and first_readme.startswith("intro\n") and first_readme.endswith("outro\n")
     mtime = (results / "LEADERBOARD.md").stat().st_mtime_ns
     make_leaderboard.main(str(results), str(readme))
     assert (results / "LEADERBOARD.md").read_text() == board
     assert readme.read_text() == first_readme
     assert (results / "LEADERBOARD.md").stat().st_mtime_ns == mtime, "unchanged inputs do not rewrite the file"
+
+
+def test_rows_from_uncommitted_code_are_refused(tmp_path):
+    results = tmp_path / "results"
+    _result(results, "a", "ixi_hh", np.ones(10), commit="abc1234-dirty")
+    with pytest.raises(ValueError, match="uncommitted"):
+        make_leaderboard.main(str(results), str(tmp_path / "README.md"), method_readmes=False)
+    make_leaderboard.main(str(results), str(tmp_path / "README.md"), method_readmes=False, allow_dirty=True)
+    assert "abc1234-" in (results / "LEADERBOARD.md").read_text()
 
 
 def test_committed_leaderboard_matches_committed_results(tmp_path):

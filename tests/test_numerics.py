@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader
 
 from common import device as device_mod
 from common import numerics
+from common.cv import pool_folds
 from common.data.datasets import VolumeDataset
 from common.runlog import RunLogger
 from common.training import FitConfig, NonFiniteTrainingError, fit_model
-from tests.conftest import write_study
+from tests.conftest import fold_result, write_study
 from tests.test_training import TinyRegressor, _frame, tiny_loaders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,20 +99,19 @@ def _train_resnet3d(tmp_path: Path, run_name: str, **overrides) -> Path:
 
     args = dict(dataset="study", data_root=str(tmp_path / "data"), results_dir=str(tmp_path / "results"),
                 cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"), profile="cpu", epochs=2,
-                batch_size=2, image_size=16, spacing_mm=3.0, widths="4,4,8,8", pipeline="monai", run_name=run_name)
+                batch_size=2, image_size=16, spacing_mm=3.0, widths="4,4,8,8", pipeline="monai", run_name=run_name, fold=0)
     return Path(train(**{**args, **overrides}))
 
 
-VOLATILE = {"wall_time_s", "finished_utc", "run_dir"}
+VOLATILE = {"wall_time_s", "finished_utc", "run_dir", "predictions"}
 
 
 def test_same_command_twice_gives_identical_checkpoints_and_result_files(tmp_path):
     write_study(tmp_path, 20)
-    results = tmp_path / "results" / "resnet3d__study.json"
     run_a = _train_resnet3d(tmp_path, "a")
-    doc_a = json.loads(results.read_text())
+    doc_a = fold_result(run_a, "resnet3d__study")
     run_b = _train_resnet3d(tmp_path, "b")
-    doc_b = json.loads(results.read_text())
+    doc_b = fold_result(run_b, "resnet3d__study")
     a, b = torch.load(run_a / "best.pt", weights_only=True), torch.load(run_b / "best.pt", weights_only=True)
     for name, tensor in a["model_state"].items():
         assert torch.equal(tensor, b["model_state"][name]), name
@@ -133,9 +133,9 @@ def test_bf16_is_an_explicit_option_and_shown_in_the_leaderboard(tmp_path):
     write_study(tmp_path, 20)
     run = _train_resnet3d(tmp_path, "bf16", epochs=1, amp_dtype="bf16")
     assert json.loads((run / "config.json").read_text())["precision"] == "bf16"
-    doc = json.loads((tmp_path / "results" / "resnet3d__study.json").read_text())
-    assert doc["precision"] == "bf16"
-    assert "| cpu, bf16 |" in render(load_results(tmp_path / "results"))
+    assert fold_result(run, "resnet3d__study")["precision"] == "bf16"
+    pool_folds([run], run.parent, tmp_path / "results")
+    assert "| cpu, bf16 |" in render(load_results(tmp_path / "results"), tmp_path / "results")
 
 
 class NaNForSteps(nn.Module):

@@ -24,5 +24,5 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert out["killed_after_epoch"] < EPOCHS - 1, "the run was killed before it finished"
     assert f"at epoch {out['killed_after_epoch'] + 1}" in out["resume_log"], "it resumed from last.pt"
     assert out["differing_tensors"] == [] and out["metrics_equal"] and out["identical"], out
-    run = tmp_path / "runs" / "resnet3d" / "study" / "killed"
+    run = tmp_path / "runs" / "resnet3d" / "study" / "killed" / "fold0"
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == list(range(EPOCHS)), "no epoch logged twice"

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import torch
 
+from common.cv import pool_folds
 from resnet3d import predict as predict_cli
 from resnet3d import train as train_cli
+from tests.conftest import fold_result
 
 REPO_RESULTS = "results"
 
@@ -22,17 +25,17 @@ def test_resnet3d_smoke_on_real_ixi(shared_data, tmp_path, monkeypatch):
     results = tmp_path / "results"
     shutil.copytree(f"{REPO_RESULTS}/splits", results / "splits")
     run_dir = train_cli.train(dataset="ixi_hh", profile="cpu", epochs=1, batch_size=2, image_size=32, spacing_mm=6.0,
-                              widths="8,16,16,32", max_per_split=4, pipeline="monai", run_name="smoke",
+                              widths="8,16,16,32", max_per_split=4, pipeline="monai", run_name="smoke", fold=0,
                               runs_dir=str(tmp_path / "runs"),
                               results_dir=str(results), cache_dir=str(tmp_path / "cache"))
-    run = tmp_path / "runs" / "resnet3d" / "ixi_hh" / "smoke"
+    run = tmp_path / "runs" / "resnet3d" / "ixi_hh" / "smoke" / "fold0"
     assert run_dir == str(run)
     for name in ["config.json", "metrics.csv", "best.pt", "last.pt", "predictions_val.csv", "predictions_test.csv",
                  "metrics_test.json", "scatter_test.png", "training_curves.png", "exclusions.csv"]:
         assert (run / name).exists(), name
     assert list(run.glob("events.out.tfevents.*")), "TensorBoard events"
-    result = json.loads((results / "resnet3d__ixi_hh.json").read_text())
-    assert result["n_subjects"] == {"train": 4, "val": 4, "test": 4}
+    result = fold_result(run, "resnet3d__ixi_hh")
+    assert result["n_subjects"] == {"train": 4, "val": 4, "test": 4} and result["fold"] == 0
     assert result["profile"] == "cpu" and result["split_sha256"]
     test = pd.read_csv(run / "predictions_test.csv")
     assert len(test) == 4 and test["predicted_age"].notna().all()
@@ -68,19 +71,22 @@ def test_midslice_and_brain_age_groups_smoke_on_real_ds000228(shared_data, tmp_p
     monkeypatch.setenv("DATA_ROOT", str(shared_data))
     results = tmp_path / "results"
     shutil.copytree(f"{REPO_RESULTS}/splits", results / "splits")
-    run = midslice_cli.train(epochs=1, max_per_split=4, run_name="smoke", runs_dir=str(tmp_path / "runs"),
+    run = midslice_cli.train(epochs=1, max_per_split=4, run_name="smoke", fold=0, runs_dir=str(tmp_path / "runs"),
                              results_dir=str(results), cache_dir=str(tmp_path / "cache"))
     for name in ["best.pt", "metrics.csv", "predictions_test.csv", "metrics_test.json", "confusion_test.png"]:
-        assert (tmp_path / "runs" / "midslice_resnet18" / "ds000228" / "smoke" / name).exists(), name
+        assert (tmp_path / "runs" / "midslice_resnet18" / "ds000228" / "smoke" / "fold0" / name).exists(), name
     assert (tmp_path / "cache" / "midslice" / "montage.png").exists()
-    doc = json.loads((results / "midslice_resnet18__ds000228.json").read_text())
+    doc = fold_result(run, "midslice_resnet18__ds000228")
     assert doc["task"] == "classification" and doc["metrics"]["n"] == 4
     assert set(pd.read_csv(f"{run}/predictions_test.csv").columns) == {
         "participant_id", "label", "pred", "prob_Ages3-5", "prob_Ages7-12", "prob_Adults"}
 
-    train_cli.train(dataset="ds000228", profile="cpu", epochs=1, batch_size=2, image_size=32, spacing_mm=6.0,
-                    widths="8,16,16,32", max_per_split=4, pipeline="monai", run_name="smoke", runs_dir=str(tmp_path / "runs"),
-                    results_dir=str(results), cache_dir=str(tmp_path / "cache"))
+    fold0 = train_cli.train(dataset="ds000228", profile="cpu", epochs=1, batch_size=2, image_size=32, spacing_mm=6.0,
+                            widths="8,16,16,32", max_per_split=4, pipeline="monai", run_name="smoke", fold=0,
+                            runs_dir=str(tmp_path / "runs"), results_dir=str(results), cache_dir=str(tmp_path / "cache"))
+    # pooled over the one fold run here (the main job pools all five)
+    (pooled,) = pool_folds([fold0], Path(fold0).parent, results)
+    assert json.loads(pooled.read_text())["n_subjects"]["out_of_fold"] == 4
     from_brain_age.main(results_dir=str(results))
     derived = json.loads((results / "resnet3d_agegroups__ds000228.json").read_text())
     assert derived["metrics"]["n"] == 4 and derived["readme_folder"] == "midslice_classifier"

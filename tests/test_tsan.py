@@ -4,6 +4,9 @@ sorter pretraining smoke run."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,7 +178,7 @@ def test_two_stages_end_to_end(tmp_path):
 
     import pandas as pd
 
-    from tests.conftest import write_study
+    from tests.conftest import fold_result, write_study
     from tsan import train as tsan
 
     sexes = ["n/a" if i == 5 else "MF"[i % 2] for i in range(24)]
@@ -186,33 +189,39 @@ def test_two_stages_end_to_end(tmp_path):
         pretrain_sorter(seq_len=4, steps=5, batch_size=8, hidden=8, n_val=16, tied=tied,
                         out_path=tsan.sorter_path(4, tsan.PROFILES["cpu"], dirs["cache_dir"], tied=tied))
     run1 = tsan.train_first_stage(dataset="study", profile="cpu", epochs=2, batch_size=4, nb_filter=2, nb_block=2,
-                                  downsample=4,
+                                  downsample=4, fold=0,
                                   registration="monai", use_dataset_mask=False, run_name="s1", **dirs)
-    doc1 = json.loads((tmp_path / "results" / "tsan_stage1__study.json").read_text())
+    assert Path(run1) == tmp_path / "runs" / "tsan_stage1" / "study" / "s1" / "fold0"
+    doc1 = fold_result(run1, "tsan_stage1__study")
+    assert doc1["fold"] == 0 and not (tmp_path / "results" / "tsan_stage1__study.json").exists(), "a fold result is not published"
     assert set(doc1["metrics"]["source_metrics"]) == {"mae", "pearson_r", "spearman_pred_age", "spearman_gap_age",
                                                        "mean_gap", "sd_error"}
     excluded = pd.read_csv(f"{run1}/exclusions.csv")
     assert excluded["reason"].str.contains("sex unknown").sum() == 1
-    run2 = tsan.train_second_stage(first_stage=run1, epochs=1, batch_size=4, run_name="s2", **dirs)
-    doc2 = json.loads((tmp_path / "results" / "tsan_stage2__study.json").read_text())
+    run2 = tsan.train_second_stage(first_stage=run1, epochs=1, batch_size=4, run_name="s2", fold=0, **dirs)
+    doc2 = fold_result(run2, "tsan_stage2__study")
     analysis = doc2["metrics"]["stage2_analysis"]
     assert analysis["n"] == doc2["metrics"]["raw"]["n"] and analysis["stage1_mae"] == pytest.approx(doc1["metrics"]["raw"]["mae"])
     sources = analysis["residual_sources"]
     assert sources["train"]["n"] == doc2["n_subjects"]["train"] and set(sources["test"]["branch_sd"]) == {"trunk", "sex", "d"}
     residuals = pd.read_csv(f"{run2}/residuals_test.csv")
     assert (residuals["d"] % 5 == 0).all()
-    assert (tmp_path / "runs" / "tsan_stage2" / "study" / "s2" / "residuals_test.png").exists()
-    tsan.train_second_stage(first_stage=run1, variant="normalized_d", epochs=1, batch_size=4, run_name="v", **dirs)
-    assert (tmp_path / "results" / "tsan_stage2_normd__study.json").exists()
-    run3 = tsan.train_second_stage(first_stage=run1, variant="out_of_fold", epochs=1, batch_size=4, run_name="o", **dirs)
+    assert (tmp_path / "runs" / "tsan_stage2" / "study" / "s2" / "fold0" / "residuals_test.png").exists()
+    with pytest.raises(ValueError, match="fold"):  # stage 2 of fold 1 on a stage 1 of fold 0
+        tsan.train_second_stage(first_stage=run1, epochs=1, batch_size=4, run_name="s2", fold=1, **dirs)
+    run_v = tsan.train_second_stage(first_stage=run1, variant="normalized_d", epochs=1, batch_size=4, run_name="v", fold=0,
+                                    **dirs)
+    assert fold_result(run_v, "tsan_stage2_normd__study")
+    run3 = tsan.train_second_stage(first_stage=run1, variant="out_of_fold", epochs=1, batch_size=4, run_name="o", fold=0, **dirs)
     oof = pd.read_csv(f"{run3}/out_of_fold_stage1.csv")
-    config = json.loads((tmp_path / "runs" / "tsan_stage2_oof" / "study" / "o" / "config.json").read_text())
+    config = json.loads((tmp_path / "runs" / "tsan_stage2_oof" / "study" / "o" / "fold0" / "config.json").read_text())
     n_train = config["n_images"]["train"]
     assert len(oof) == n_train and oof["participant_id"].is_unique and sorted(oof["fold"].unique()) == [0, 1]
-    for k in (0, 1):  # each fold model trained without the subjects it predicts
-        fold_cfg = json.loads((tmp_path / "runs" / "tsan_stage1_fold" / "study" / f"o-fold{k}" / "config.json").read_text())
-        assert fold_cfg["n_images"]["train"] == n_train - (oof["fold"] == k).sum()
-    assert json.loads((tmp_path / "results" / "tsan_stage2_oof__study.json").read_text())["metrics"]["stage2_analysis"]
+    for k in (0, 1):  # each inner model trained without the subjects it predicts, inside outer fold 0
+        inner = tmp_path / "runs" / "tsan_stage1_fold" / "study" / f"o-inner{k}" / "fold0" / "config.json"
+        fold_cfg = json.loads(inner.read_text())
+        assert fold_cfg["n_images"]["train"] == n_train - (oof["fold"] == k).sum() and fold_cfg["fold"] == 0
+    assert fold_result(run3, "tsan_stage2_oof__study")["metrics"]["stage2_analysis"]
     with pytest.raises(ValueError, match="variant"):
         tsan.train_second_stage(first_stage=run1, variant="other", **dirs)
 
@@ -270,7 +279,6 @@ def test_second_stage_takes_a_given_stage1_age():
 
 
 def test_stage1_with_a_dead_output_is_retrained_with_the_next_seed(monkeypatch, tmp_path):
-    from pathlib import Path
 
     import pandas as pd
 
@@ -281,7 +289,9 @@ def test_stage1_with_a_dead_output_is_retrained_with_the_next_seed(monkeypatch, 
 
     def fake_train(**kwargs):
         calls.append((kwargs["run_name"], kwargs["seed"]))
-        return Path(tmp_path / kwargs["run_name"]), frame, {}, 100.0 + len(calls)
+        run_dir = tmp_path / kwargs["run_name"] / "fold0"
+        run_dir.mkdir(parents=True)
+        return run_dir, frame, {}, 100.0 + len(calls)
 
     monkeypatch.setattr(tsan, "train_brain_age", fake_train)
     monkeypatch.setattr(tsan, "_stage1_build", lambda hp, cache_dir: None)  # no sorter pretraining here
@@ -290,7 +300,9 @@ def test_stage1_with_a_dead_output_is_retrained_with_the_next_seed(monkeypatch, 
                 runs_dir="runs", results_dir="results", cache_dir=str(tmp_path), data_root=None, max_per_split=None,
                 resume=False)
     run_dir, _, _, t0 = tsan.train_stage1_alive(**args)
-    assert calls == [("r", 42), ("r-seed43", 43)] and run_dir.name == "r-seed43" and t0 == 101.0
+    assert calls == [("r", 42), ("r", 43)] and run_dir == tmp_path / "r" / "fold0" and t0 == 101.0
+    assert (tmp_path / "r" / "fold0.dead-seed42").is_dir(), "the dead run is kept beside, the same folder retrained"
+    shutil.rmtree(tmp_path / "r")
     monkeypatch.setattr(tsan, "constant_output", lambda run_dir, rows, device: True)
     with pytest.raises(RuntimeError, match="died"):
         tsan.train_stage1_alive(**args)
