@@ -1,4 +1,5 @@
-"""Regenerate ``results/LEADERBOARD.md`` and the README block from ``results/*.json``.
+"""Regenerate ``results/LEADERBOARD.md`` and the README block from ``results/*.json`` and the
+out-of-fold predictions in ``results/predictions/`` (paired comparisons).
 
 Nobody edits a number by hand: every cell comes from a result file that a run wrote. Running this
 twice on the same inputs produces byte-identical output.
@@ -12,6 +13,9 @@ import json
 import math
 import sys
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -99,71 +103,248 @@ def _preprocessing(d: dict) -> str:
 
 
 def _subjects(d: dict) -> str:
-    """``train/val/test`` counts; datasets without subject IDs count images (``n_subjects["unit"]``)."""
+    """Out-of-fold subjects of a cross-validated row; ``train/val/test`` counts otherwise (datasets
+    without subject IDs count images, ``n_subjects["unit"]``)."""
     n = d["n_subjects"]
+    if "out_of_fold" in n:
+        return f"{n['out_of_fold']} ({d['n_folds']} folds)"
     unit = f" {n['unit']}" if n.get("unit") else ""
     return f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)}{unit}"
 
 
 def _tail(d: dict) -> list[str]:
-    """source reported, params, wall time."""
-    return [_reported(d.get("source_reported")), _params(d.get("n_parameters")), _duration(d["wall_time_s"])]
+    """source reported, params, wall time, commit."""
+    return [_reported(d.get("source_reported")), _params(d.get("n_parameters")), _duration(d["wall_time_s"]),
+            str(d.get("commit", "?"))[:8]]
 
 
-def brain_age_table(docs: list[dict]) -> str:
-    columns = ["dataset", "method", "profile", "preprocessing", "subjects train/val/test", "test MAE [95% CI]",
-               "MAE / mean-age MAE", "Pearson r", "R²", "MAE corrected", "Spearman(gap, age) raw → corrected",
-               "source reported", "params", "wall time"]
+def _predictions(d: dict, results_dir: Path) -> pd.DataFrame | None:
+    """The row's out-of-fold predictions (``results/predictions/...``), or None."""
+    path = results_dir / str(d.get("predictions"))
+    if not d.get("predictions") or not path.is_file():
+        return None
+    return pd.read_csv(path, dtype={"participant_id": str, "session_id": str}, keep_default_na=False, na_values=[""])
+
+
+def _keyed(table: pd.DataFrame) -> pd.DataFrame:
+    key = table["participant_id"] + "|" + (table["session_id"].fillna("") if "session_id" in table else "")
+    return table.assign(_key=key).set_index("_key")
+
+
+def paired(docs: list[dict], results_dir: Path, loss) -> dict[tuple[str, str], dict]:
+    """Paired statistics for every pair of rows on their common subjects: ``loss(table) -> per-subject
+    loss`` (absolute error, or 0/1 error); :func:`common.metrics.paired_difference`, plus McNemar
+    for classifiers."""
+    from common.metrics import mcnemar_test, paired_difference
+
+    tables = {d["method"]: _predictions(d, results_dir) for d in docs}
+    out = {}
+    for i, a in enumerate(docs):
+        for b in docs[i + 1:]:
+            ta, tb = tables[a["method"]], tables[b["method"]]
+            if ta is None or tb is None:
+                continue
+            ta, tb = _keyed(ta), _keyed(tb)
+            common = ta.index.intersection(tb.index)
+            if len(common) < 2:
+                continue
+            la, lb = loss(ta.loc[common]), loss(tb.loc[common])
+            stats = paired_difference(la, lb)
+            if a.get("task") == "classification":
+                stats["mcnemar"] = mcnemar_test(la == 0, lb == 0)
+            out[(a["method"], b["method"])] = stats
+    return out
+
+
+def _abs_error(t: pd.DataFrame) -> np.ndarray:
+    return np.abs(t["predicted_age"].to_numpy(float) - t["age"].to_numpy(float))
+
+
+def _zero_one(t: pd.DataFrame) -> np.ndarray:
+    return (t["label"].to_numpy() != t["pred"].to_numpy()).astype(float)
+
+
+def ranks(docs: list[dict], pairs: dict) -> dict[str, int | None]:
+    """Rank of each row: 1 + the number of rows that are better with a paired 95% CI of the
+    difference that excludes 0 (so rows are separated only by real differences); None for a row
+    that could not be paired with any other (no per-subject predictions on common subjects)."""
+    out = {}
+    for d in docs:
+        better = 0
+        if len(docs) > 1 and not any(d["method"] in key for key in pairs):
+            out[d["method"]] = None
+            continue
+        for e in docs:
+            if e is d:
+                continue
+            forward = (e["method"], d["method"]) in pairs
+            key, sign = ((e["method"], d["method"]), 1) if forward else ((d["method"], e["method"]), -1)
+            stats = pairs.get(key)
+            if stats is None:
+                continue
+            lo, hi = (sign * v for v in stats["delta_ci95"])
+            if max(lo, hi) < 0:  # e's loss minus d's loss is below 0 everywhere in the CI: e is better
+                better += 1
+        out[d["method"]] = 1 + better
+    return out
+
+
+def _rank(rank: int | None) -> str:
+    return "–" if rank is None else str(rank)
+
+
+def _bands(m: dict) -> str:
+    return ", ".join(f"{k}: {_f(v['mae'], 1)} (n={v['n']})" for k, v in m.get("mae_by_age", {}).items()) or "–"
+
+
+def brain_age_section(dataset: str, docs: list[dict], results_dir: Path) -> list[str]:
+    """Ranked table, per-row detail and the paired comparisons of one dataset's brain-age rows."""
+    docs = sorted(docs, key=lambda d: d["metrics"]["raw"]["mae"])
+    pairs = paired(docs, results_dir, _abs_error)
+    rank = ranks(docs, pairs)
+    n = max(d["n_subjects"].get("out_of_fold", 0) for d in docs)
+    columns = ["rank", "method", "profile", "preprocessing", "subjects", "MAE [95% CI]", "folds mean ± SD",
+               "MAE / mean-age MAE", "Pearson r", "R²", "corrected MAE (formula)", "validation: raw → corrected MAE",
+               "Spearman(gap, age) raw → corrected", "source reported", "params", "wall time", "commit"]
     rows = []
     for d in docs:
         m = d["metrics"]
         raw, cor = m["raw"], m["corrected"]
-        rows.append([*_lead(d), _preprocessing(d), _subjects(d), f"{_f(raw['mae'])}{_ci(raw.get('mae_ci95'))}",
-                     f"{_f(m.get('mae_ratio_to_mean_predictor'))} (mean-age MAE {_f(m.get('mean_predictor_mae'))})",
-                     _f(raw["pearson_r"], 3), _f(raw["r2"], 3), _f(cor["mae"]),
+        best = rank[d["method"]] == 1
+        label = f"**{d.get('method_label', d['method'])}**" if best else d.get("method_label", d["method"])
+        val = m.get("correction_on_validation", {})
+        formula = (m.get("bias_correction") or {}).get("formula", "?")
+        rows.append([_rank(rank[d["method"]]), label, _profile(d), _preprocessing(d), _subjects(d),
+                     f"{_f(raw['mae'])}{_ci(raw.get('mae_ci95'))}",
+                     f"{_f(m.get('fold_mae_mean'))} ± {_f(m.get('fold_mae_sd'))}",
+                     f"{_f(m.get('mae_ratio_to_mean_predictor'))} ({_f(m.get('mean_predictor_mae'))})",
+                     _f(raw["pearson_r"], 3), _f(raw["r2"], 3), f"{_f(cor['mae'])} ({formula})",
+                     f"{_f(val.get('raw_mae'))} → {_f(val.get('corrected_mae_leave_one_out'))}",
                      f"{_f(raw['spearman_gap_age'])} → {_f(cor['spearman_gap_age'])}", *_tail(d)])
-    return _table(columns, rows)
+    out = [f"### Brain age on {dataset}: {n} subjects, each predicted once out-of-fold (5-fold cross-validation)", "",
+           "Ranked by pooled MAE (years); rank 1 in bold. A row ranks below another only when the paired 95% CI of "
+           "their MAE difference excludes 0. Corrected MAE: the method's source formula, fitted on each fold's "
+           "validation split; validation column: mean validation MAE over folds, raw and corrected by a "
+           "leave-one-out fit on the other validation subjects (does the correction help, without test data).", "",
+           _table(columns, rows), "", "MAE by age band (raw, years):", ""]
+    out += [f"- {d.get('method_label', d['method'])}: {_bands(d['metrics']['raw'])}" for d in docs]
+    if pairs:
+        out += ["", f"Paired comparisons on {dataset} (ΔMAE = first − second, years; paired bootstrap 95% CI over "
+                "subjects; Wilcoxon signed-rank p on absolute errors; * CI excludes 0):", "",
+                _table(["first", "second", "ΔMAE [95% CI]", "Wilcoxon p", "n"], _pair_rows(docs, pairs))]
+    return out
 
 
-def classification_table(docs: list[dict]) -> str:
-    columns = ["dataset", "method", "profile", "split", "subjects train/val/test", "test accuracy [95% CI]",
-               "balanced accuracy", "macro-F1", "per-class recall", "majority-class rate", "source reported", "params",
-               "wall time"]
+def _pair_rows(docs: list[dict], pairs: dict, mcnemar: bool = False) -> list[list[str]]:
+    labels = {d["method"]: d.get("method_label", d["method"]) for d in docs}
+    rows = []
+    for (a, b), st in pairs.items():
+        lo, hi = st["delta_ci95"]
+        star = "*" if lo > 0 or hi < 0 else ""
+        digits = 3 if mcnemar else 2
+        row = [labels[a], labels[b], f"{_f(st['delta'], digits)} [{_f(lo, digits)}, {_f(hi, digits)}]{star}",
+               _p(st["wilcoxon_p"]) if not mcnemar else _p(st["mcnemar"]["p"]), str(st["n"])]
+        if mcnemar:
+            row.insert(4, f"{st['mcnemar']['only_a']} / {st['mcnemar']['only_b']}")
+        rows.append(row)
+    return rows
+
+
+def _p(p) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _collapsed(m: dict) -> bool:
+    """A classifier that gives (nearly) every subject one class: at least 95% of its predictions in
+    one column of the confusion matrix."""
+    matrix = np.asarray(m.get("confusion_matrix") or [[0]], float)
+    return bool(matrix.sum() and matrix.sum(0).max() / matrix.sum() >= 0.95)
+
+
+def classification_section(dataset: str, docs: list[dict], results_dir: Path) -> list[str]:
+    """Ranked table and McNemar comparisons of one dataset's classifiers."""
+    docs = sorted(docs, key=lambda d: -d["metrics"]["balanced_accuracy"])
+    pairs = paired(docs, results_dir, _zero_one)
+    rank = ranks(docs, pairs)
+    columns = ["rank", "method", "profile", "split", "subjects", "accuracy [95% CI]", "balanced accuracy [95% CI]",
+               "macro-F1", "per-class recall", "majority-class rate", "source reported", "params", "wall time", "commit"]
     rows = []
     for d in docs:
         m = d["metrics"]
         recall = ", ".join(f"{c} {_f(v)}" for c, v in m["per_class_recall"].items())
-        split = "subject-level" if d.get("subject_split", True) else "**not subject-split**"
-        rows.append([*_lead(d), split, _subjects(d), f"{_f(m['accuracy'], 3)}{_ci3(m.get('accuracy_ci95'))}",
-                     _f(m["balanced_accuracy"], 3), _f(m["macro_f1"], 3), recall, _f(m["majority_class_rate"], 3),
-                     *_tail(d)])
-    return _table(columns, rows)
+        split = ("out-of-fold" if d.get("n_folds") else "subject-level") if d.get("subject_split", True) \
+            else "**not subject-split**"
+        label = d.get("method_label", d["method"])
+        label = f"**{label}**" if rank[d["method"]] == 1 and len(docs) > 1 else label
+        if _collapsed(m):
+            label += " ⚠ collapsed (one class)"
+        rows.append([_rank(rank[d["method"]]), label, _profile(d), split, _subjects(d),
+                     f"{_f(m['accuracy'], 3)}{_ci3(m.get('accuracy_ci95'))}",
+                     f"{_f(m['balanced_accuracy'], 3)}{_ci3(m.get('balanced_accuracy_ci95'))}",
+                     _f(m["macro_f1"], 3), recall, _f(m["majority_class_rate"], 3), *_tail(d)])
+    out = [f"### Classification on {dataset}", "",
+           "Ranked by balanced accuracy; rank from paired comparisons of the error rate (a row ranks below another "
+           "only when the paired 95% CI excludes 0); ⚠ marks a classifier that predicts one class for at least 95% "
+           "of the subjects.", "", _table(columns, rows)]
+    if pairs:
+        out += ["", f"Paired comparisons on {dataset} (Δ error rate = first − second; paired bootstrap 95% CI; exact "
+                "McNemar test on the discordant subjects):", "",
+                _table(["first", "second", "Δ error [95% CI]", "McNemar p", "only first / only second right", "n"],
+                       _pair_rows(docs, pairs, mcnemar=True))]
+    return out
 
 
 def _ci3(ci) -> str:
     return f" [{_f(ci[0], 3)}, {_f(ci[1], 3)}]" if ci and None not in ci else ""
 
 
-def render(docs: list[dict]) -> str:
+def shown(docs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(shown, left_out)``: subject-split rows that are not cross-validated are left out (no
+    single-split row beside cross-validated ones); published-folder rows are shown."""
+    keep = [d for d in docs if d.get("n_folds") or not d.get("subject_split", True)]
+    return keep, [d for d in docs if d not in keep]
+
+
+def render(docs: list[dict], results_dir: str | Path = "results") -> str:
     """The leaderboard markdown (without the README markers)."""
-    brain = [d for d in docs if d.get("task") == "brain_age"]
-    classification = [d for d in docs if d.get("task") == "classification"]
+    results_dir = Path(results_dir)
+    docs, left_out = shown(docs)
     out = []
-    if brain or not classification:
-        out += ["### Brain age (test split of the shared subject-level splits; bias correction fitted on validation)", ""]
-        out.append(brain_age_table(brain) if brain else "_no results yet_")
-    if classification:
-        out += ["", "### Classification (test split; checkpoint chosen on validation)", "",
-                classification_table(classification)]
-    if out[0] == "":
-        out = out[1:]
-    notes = sorted({f"{d['method']} / {d['dataset']}: {n}" for d in docs for n in d.get("notes", [])})
+    for task, section in (("brain_age", brain_age_section), ("classification", classification_section)):
+        for dataset in sorted({d["dataset"] for d in docs if d.get("task") == task}):
+            out += section(dataset, [d for d in docs if d.get("task") == task and d["dataset"] == dataset], results_dir)
+            out.append("")
+    if not out:
+        out = ["_no results yet_", ""]
+    notes: dict[str, set[str]] = {}
+    for d in docs:
+        for n in d.get("notes", []):
+            notes.setdefault(d.get("method_label", d["method"]), set()).add(n)
     if notes:
-        out += ["", "Notes carried by the result files:", ""] + [f"- {n}" for n in notes]
+        out += ["Notes carried by the result files (once per method):", ""]
+        out += [f"- {label}: {n}" for label in sorted(notes) for n in sorted(notes[label])]
+        out.append("")
+    if left_out:
+        files = ", ".join(sorted(d["_file"] for d in left_out))
+        out += [f"Not shown (single-split results of the earlier protocol): {files}.", ""]
+    noise = results_dir / "noise_floor.json"
+    if noise.is_file():
+        out += noise_floor_lines(json.loads(noise.read_text())) + [""]
     devices = sorted({d.get("device", "?") for d in docs})
-    out += ["", f"Devices: {', '.join(devices)}. Generated by `python scripts/make_leaderboard.py` from "
-            f"`results/*.json`; do not edit by hand."]
+    out += [f"Devices: {', '.join(devices)}. Generated by `python scripts/make_leaderboard.py` from "
+            f"`results/*.json` and `results/predictions/`; do not edit by hand."]
     return "\n".join(out) + "\n"
+
+
+def noise_floor_lines(doc: dict) -> list[str]:
+    """The seed-to-seed spread of ``results/noise_floor.json`` (scripts/noise_floor.py)."""
+    lines = [f"Noise floor ({doc['dataset']}, fold {doc['fold']}, seeds {', '.join(map(str, doc['seeds']))}; test MAE "
+             "of the same method and data with only the seed changed):", ""]
+    for method, r in sorted(doc["methods"].items()):
+        lines.append(f"- {method}: MAE {', '.join(_f(v) for v in r['mae'])}; SD {_f(r['sd'])} y")
+    return lines
 
 
 def replace_block(path: Path, start: str, end: str, body: str) -> bool:
@@ -185,7 +366,8 @@ def replace_block(path: Path, start: str, end: str, body: str) -> bool:
     return True
 
 
-def main(results_dir: str = "results", readme: str = "README.md", method_readmes: bool = True) -> None:
+def main(results_dir: str = "results", readme: str = "README.md", method_readmes: bool = True,
+         allow_dirty: bool = False) -> None:
     """Write ``<results_dir>/LEADERBOARD.md`` and replace the generated README blocks.
 
     Args:
@@ -194,9 +376,18 @@ def main(results_dir: str = "results", readme: str = "README.md", method_readmes
             ``<!-- leaderboard:end -->`` is replaced (skipped when the file has no markers).
         method_readmes: also fill ``<!-- results:start -->``/``<!-- results:end -->`` in each
             method's README (next to ``readme``) with that method's rows.
+        allow_dirty: publish rows made by code with uncommitted changes (a local look; the
+            committed leaderboard never holds one).
+
+    Raises:
+        ValueError: a shown result file made by code with uncommitted changes, unless ``allow_dirty``.
     """
     docs = load_results(results_dir)
-    body = render(docs)
+    dirty = [d["_file"] for d in shown(docs)[0] if str(d.get("commit", "")).endswith("-dirty")]
+    if dirty and not allow_dirty:
+        raise ValueError(f"result files from uncommitted code cannot be published (commit the code and rerun, or "
+                         f"--allow_dirty for a local look): {dirty}")
+    body = render(docs, results_dir)
     board = Path(results_dir) / "LEADERBOARD.md"
     text = "# Leaderboard\n\n" + body
     if not board.exists() or board.read_text() != text:
@@ -206,7 +397,8 @@ def main(results_dir: str = "results", readme: str = "README.md", method_readmes
         root = Path(readme).parent
         for folder in sorted({d.get("readme_folder", d["method"]) for d in docs}):
             mine = [d for d in docs if d.get("readme_folder", d["method"]) == folder]
-            replace_block(root / folder / "README.md", "<!-- results:start -->", "<!-- results:end -->", render(mine))
+            replace_block(root / folder / "README.md", "<!-- results:start -->", "<!-- results:end -->",
+                          render(mine, results_dir))
     print(f"wrote {board}")
 
 
