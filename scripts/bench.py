@@ -90,12 +90,15 @@ def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
 
 
 def _frame(dataset: str, n: int, data_root: str | None, split: str | None = None):
-    """The first ``n`` labelled rows of ``dataset`` by participant_id (of ``split`` of the shared split, if given)."""
+    """The first ``n`` labelled rows of ``dataset`` by participant_id (of ``split`` of outer fold 0 of
+    the shared folds, if given)."""
     manifest, _ = load_dataset(dataset, find_data_root(data_root))
     if split:
+        from common.data.manifest import subjects_table
         from common.splits import load_split
 
-        manifest = manifest[manifest["participant_id"].isin(load_split(dataset).query("split == @split")["participant_id"])]
+        fold0 = load_split(dataset, subjects_table(manifest.dropna(subset=["age"])), fold=0)
+        manifest = manifest[manifest["participant_id"].isin(fold0.query("split == @split")["participant_id"])]
     frame = manifest[manifest["age"].notna()].sort_values("participant_id").head(n).reset_index(drop=True)
     if frame.empty:
         raise FileNotFoundError(f"no labelled images in {dataset}")

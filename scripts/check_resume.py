@@ -29,12 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cmd(module: str, args: list[str], runs_dir: Path, run_name: str) -> list[str]:
-    return [sys.executable, "-m", module, "train", *args, f"--runs_dir={runs_dir}", f"--run_name={run_name}",
+    fold = [] if any(a.startswith("--fold") for a in args) else ["--fold=0"]  # one outer fold unless told
+    return [sys.executable, "-m", module, "train", *args, *fold, f"--runs_dir={runs_dir}", f"--run_name={run_name}",
             "--publish=False"]
 
 
 def _run_dir(runs_dir: Path, run_name: str) -> Path:
-    found = sorted(runs_dir.glob(f"*/*/{run_name}"))
+    found = sorted(runs_dir.glob(f"*/*/{run_name}/fold*"))
     if len(found) != 1:
         raise RuntimeError(f"expected one run folder named {run_name} under {runs_dir}, found {found}")
     return found[0]
@@ -68,7 +69,7 @@ def kill_and_resume(module: str, args: list[str], runs_dir: Path, kill_after: in
     deadline = time.time() + timeout
     metrics = None
     while time.time() < deadline and proc.poll() is None:
-        found = list(runs_dir.glob("*/*/killed/metrics.csv"))
+        found = list(runs_dir.glob("*/*/killed/fold*/metrics.csv"))
         if found and found[0].read_text().count("\n") >= kill_after + 1:
             metrics = found[0]
             break

@@ -69,6 +69,7 @@ def _one(method: str, common: dict, extra: dict, state: dict) -> dict:
 
     base = {k: common[k] for k in ("data_root", "runs_dir", "results_dir", "cache_dir")}
     base["run_name"] = common["run_name"]
+    base["fold"] = 0  # one outer fold of the shared folds
     dev = common["device"]
     if method == "resnet3d":
         run = resnet3d.train(dataset=common["dataset"], profile="paper", epochs=1, device=dev, publish=False, **extra,

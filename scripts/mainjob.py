@@ -1,6 +1,8 @@
 """What the main job (scripts/reproduce.sh) runs per method, and how long it took last time.
 
     python scripts/mainjob.py eta resnet3d ixi_hh     # seconds the last run took (from results/), or "?"
+    python scripts/mainjob.py report runs/logs/mainjob_steps.tsv results/BENCHMARKS.md
+                                                     # the main job's measured wall time, split per step
 
 Kept free of heavy imports so that the main job can ask it before every step.
 """
@@ -34,8 +36,52 @@ def last_wall_time(method: str, dataset: str, results_dir: str | Path = "results
     return max(times) if method in ONE_RUN_PER_DATASET else sum(times)
 
 
+def report(steps_tsv: str | Path, out_md: str | Path) -> str:
+    """Write the main job's measured wall time, split per step, to ``out_md``.
+
+    Args:
+        steps_tsv: the lines ``scripts/reproduce.sh`` appends per step: ``step<TAB>seconds<TAB>status
+            <TAB>reused folds`` (``status`` ok or FAILED; reused folds: finished folds a resumed job took over
+            instead of training, so its time is not the cold-cache time), then a ``total`` line and a
+            ``machine`` line (CPU model, cores) and a ``commit`` line.
+        out_md: the Markdown file to write (``results/BENCHMARKS.md``).
+
+    Returns:
+        The Markdown text written.
+
+    Raises:
+        ValueError: a line that is not four tab-separated fields.
+    """
+    rows, meta = [], {}
+    for line in Path(steps_tsv).read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise ValueError(f"{steps_tsv}: expected 4 tab-separated fields, got {line!r}")
+        if fields[0] in ("total", "machine", "commit", "profile"):
+            meta[fields[0]] = fields[1]
+        else:
+            rows.append(fields)
+    total = float(meta.get("total", sum(float(r[1]) for r in rows)))
+    reused = sum(int(r[3] or 0) for r in rows)
+    lines = ["# Main job wall time", "",
+             f"Measured end to end by `scripts/reproduce.sh` itself (profile {meta.get('profile', '?')}, commit "
+             f"{meta.get('commit', '?')}, {meta.get('machine', '?')}). Written by `python scripts/mainjob.py report`; "
+             "do not edit by hand.", "",
+             f"**Total: {total / 60:.1f} min** (budget: 150 min)" + (
+                 f"; {reused} finished folds were reused from an earlier, interrupted invocation of the same commit, "
+                 "so this is not a cold-cache time" if reused else "; nothing reused (cold start)"), "",
+             "| step | minutes | status | folds reused |", "|---|---|---|---|"]
+    lines += [f"| {r[0]} | {float(r[1]) / 60:.1f} | {r[2]} | {r[3] or 0} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    Path(out_md).write_text(text)
+    return text
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "eta":
-        sys.exit("usage: python scripts/mainjob.py eta METHOD DATASET")
-    seconds = last_wall_time(sys.argv[2], sys.argv[3], Path(__file__).resolve().parents[1] / "results")
-    print("?" if seconds is None else f"{seconds:.0f}")
+    if len(sys.argv) == 4 and sys.argv[1] == "eta":
+        seconds = last_wall_time(sys.argv[2], sys.argv[3], Path(__file__).resolve().parents[1] / "results")
+        print("?" if seconds is None else f"{seconds:.0f}")
+    elif len(sys.argv) == 4 and sys.argv[1] == "report":
+        print(report(sys.argv[2], sys.argv[3]))
+    else:
+        sys.exit("usage: python scripts/mainjob.py eta METHOD DATASET | report STEPS_TSV OUT_MD")

@@ -3,7 +3,7 @@
 #   run_cli MODULE COMMAND DEFAULT_DATASET [--key=value ...] "$@"
 #
 # Runs `python -m MODULE COMMAND` (COMMAND may be "") with --dataset=${DATASET:-DEFAULT_DATASET} and,
-# when set, --profile=$PROFILE --run_name=$RUN_NAME --data_root=$DATA_ROOT --seed=$SEED, then the
+# when set, --profile=$PROFILE --run_name=$RUN_NAME --data_root=$DATA_ROOT --seed=$SEED --resume=$RESUME, then the
 # remaining arguments. With -h/--help anywhere it shows the command's help instead of training
 # (after other flags, fire needs the form `-- --help`).
 run_cli() {
@@ -20,5 +20,6 @@ run_cli() {
   [[ -n "${RUN_NAME:-}" ]] && args+=(--run_name="$RUN_NAME")
   [[ -n "${DATA_ROOT:-}" ]] && args+=(--data_root="$DATA_ROOT")
   [[ -n "${SEED:-}" ]] && args+=(--seed="$SEED")
+  [[ -n "${RESUME:-}" ]] && args+=(--resume="$RESUME")
   exec python -m "$module" ${command:+"$command"} "${args[@]}" "$@"
 }

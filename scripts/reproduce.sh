@@ -12,6 +12,13 @@
 # DATASETS  space/comma-separated subset of: ixi_hh ds000228 alzheimer4   (default: all a method applies to)
 # PROFILE   paper | cpu   (default: paper with a CUDA GPU, else cpu)
 # DATA_ROOT data folder   (default: ../shared/data, else data/)
+# RUN_NAME  run folder of the cross-validated methods (default: main-$PROFILE). The job is resumable:
+#           run it again after an interruption and every finished fold of the same commit is reused, a
+#           partial one resumed, one made by other code retrained (common/cv.py).
+#
+# Brain-age methods and the mid-slice classifier are 5-fold cross-validated on the committed folds
+# (results/splits/); alzheimer4 keeps its published test folder. The wall time of every step is
+# written to results/BENCHMARKS.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 if help_requested "$@"; then  # the usage above, and nothing else
@@ -37,11 +44,23 @@ ALL_METHODS="reference resnet3d oasis_resblock vgg16_svr tsan midslice_classifie
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
-echo "[reproduce] DATA_ROOT=$DATA_ROOT PROFILE=$PROFILE METHODS=$METHODS DATASETS=$DATASETS"
+CV_RUN_NAME="${RUN_NAME:-main-$PROFILE}"
+STEPS_TSV="$LOG_DIR/mainjob_steps.tsv"; : > "$STEPS_TSV"
+job_start=$SECONDS
+echo "[reproduce] DATA_ROOT=$DATA_ROOT PROFILE=$PROFILE METHODS=$METHODS DATASETS=$DATASETS RUN_NAME=$CV_RUN_NAME"
 
 # Subject-level splits for the datasets with subject IDs (alzheimer4 keeps its published folders).
 SPLIT_DATASETS=$(for d in $DATASETS; do [[ "$d" == alzheimer4 ]] || printf '%s,' "$d"; done)
 [[ -n "$SPLIT_DATASETS" ]] && python scripts/make_splits.py --datasets="${SPLIT_DATASETS%,}"
+
+# The shared preprocessing (brain extraction, N4, registration), once for every brain-age method.
+if [[ -n "$SPLIT_DATASETS" && " $METHODS " != " alz_cnn " ]]; then
+  start=$SECONDS
+  echo "[reproduce] $(date -u +%H:%M:%S) shared preprocessing of ${SPLIT_DATASETS%,} (cached; log: $LOG_DIR/preprocess.log)"
+  if python scripts/preprocess.py --datasets="${SPLIT_DATASETS%,}" > "$LOG_DIR/preprocess.log" 2>&1; then status=ok; else status=FAILED; fi
+  printf 'shared preprocessing\t%s\t%s\t0\n' "$((SECONDS - start))" "$status" >> "$STEPS_TSV"
+  [[ "$status" == ok ]] || { echo "[reproduce] shared preprocessing FAILED; see $LOG_DIR/preprocess.log" >&2; exit 1; }
+fi
 
 declare -A APPLIES=( [reference]="ixi_hh ds000228" [resnet3d]="ixi_hh ds000228" [oasis_resblock]="ixi_hh ds000228"
                      [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" [alz_cnn]="alzheimer4"
@@ -60,7 +79,7 @@ for method in $METHODS; do
   done
 done
 echo "[reproduce] ${#steps[@]} steps: ${steps[*]}; the last runs took $((total_eta / 60)) min in all"
-step=0; job_start=$SECONDS
+step=0
 for method in $METHODS; do
   [[ -n "${APPLIES[$method]:-}" ]] || { echo "unknown method: $method (known: $ALL_METHODS)" >&2; exit 2; }
   for dataset in $DATASETS; do
@@ -69,13 +88,21 @@ for method in $METHODS; do
     step=$((step + 1)); eta=$(python scripts/mainjob.py eta "$method" "$dataset")
     echo "[reproduce] $(date -u +%H:%M:%S) step $step/${#steps[@]}: $method on $dataset (profile $PROFILE; last run ${eta} s; $(( (SECONDS - job_start) / 60 )) min elapsed), log: $log"
     start=$SECONDS
-    if DATASET="$dataset" PROFILE="$PROFILE" bash "${SCRIPT[$method]}" > "$log" 2>&1; then
-      echo "[reproduce] $method on $dataset done in $((SECONDS - start)) s"
+    # Cross-validated methods run under one stable name with --resume (alz_cnn: a new run each time).
+    cv_env=(); [[ "$method" == alz_cnn ]] || cv_env=(RUN_NAME="$CV_RUN_NAME" RESUME=True)
+    # The method's log goes to its file; its fold lines (fold k/K, ETA) are also shown here.
+    env DATASET="$dataset" PROFILE="$PROFILE" "${cv_env[@]}" bash "${SCRIPT[$method]}" 2>&1 | tee "$log" \
+      | { grep --line-buffered -E "fold [0-9]+/[0-9]+" | sed -u 's/^/[reproduce]   /' || true; }
+    rc=${PIPESTATUS[0]}
+    reused=$(grep -c "reusing the finished run" "$log" || true)
+    if (( rc == 0 )); then
+      echo "[reproduce] $method on $dataset done in $((SECONDS - start)) s"; status=ok
     else
       echo "[reproduce] $method on $dataset FAILED after $((SECONDS - start)) s; see $log" >&2
       tail -n 20 "$log" >&2
-      failed+=("$method/$dataset")
+      failed+=("$method/$dataset"); status=FAILED
     fi
+    printf '%s on %s\t%s\t%s\t%s\n' "$method" "$dataset" "$((SECONDS - start))" "$status" "$reused" >> "$STEPS_TSV"
   done
 done
 
@@ -85,6 +112,12 @@ if [[ " $METHODS " == *" midslice_classifier "* && " $DATASETS " == *" ds000228 
     || { echo "[reproduce] resnet3d age-group row FAILED; see $LOG_DIR/resnet3d_agegroups__ds000228.log" >&2; failed+=("resnet3d_agegroups"); }
 fi
 
+printf 'total\t%s\t\t\n' "$((SECONDS - job_start))" >> "$STEPS_TSV"
+printf 'profile\t%s\t\t\n' "$PROFILE" >> "$STEPS_TSV"
+printf 'commit\t%s\t\t\n' "$(python -c 'from common.runlog import git_commit; print(git_commit())')" >> "$STEPS_TSV"
+printf 'machine\t%s, %s cores\t\t\n' "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)" "$(nproc)" >> "$STEPS_TSV"
+python scripts/mainjob.py report "$STEPS_TSV" results/BENCHMARKS.md > /dev/null
+echo "[reproduce] wall time $(( (SECONDS - job_start) / 60 )) min; per step: results/BENCHMARKS.md"
 python scripts/make_leaderboard.py
 if (( ${#failed[@]} )); then
   echo "[reproduce] failed: ${failed[*]}" >&2
