@@ -21,7 +21,7 @@ from common.data.datasets import VolumeDataset
 from common.data.preprocess import VolumeSpec, prepare_volumes
 from common.device import autocast_dtype, configure_numerics, precision_of_run, resolve_precision, select_device
 from common.experiment import default_run_name, labelled_split_frame, run_folder
-from common.io import save_torch, write_json
+from common.io import save_torch, write_csv, write_json
 from common.metrics import BiasCorrection, brain_age_report
 from common.plots import gap_vs_age, scatter_predicted_vs_age, training_curves
 from common.results import brain_age_predictions, split_counts, write_predictions, write_result
@@ -181,7 +181,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
                     max_per_split: int | None, resume: bool, fold: int = 0, selection: Selection = VAL_MAE,
                     early_stopping_patience: int | None = None, exclude: RowExclusion | None = None,
                     annotate: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
-                    ) -> tuple[Path, pd.DataFrame, dict, float]:
+                    permute_train_ages: bool = False) -> tuple[Path, pd.DataFrame, dict, float]:
     """Shared training run of a 3D brain-age regressor on outer fold ``fold`` of ``dataset``'s shared
     folds, in :func:`common.experiment.run_folder`.
 
@@ -190,6 +190,9 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     ``config.json``, with the precision in force as ``precision``. ``exclude`` removes rows the method cannot use (logged).
     ``annotate(frame)`` may add columns or move rows out of the ``train`` split after preprocessing
     (TSAN's out-of-fold stage 2); batches carry every column named in the model's ``extra_inputs``.
+    ``permute_train_ages`` (the leakage check): the training rows' ages are shuffled among them with
+    ``seed`` before training (validation and test keep their true ages); the run folder's
+    ``training_ages.csv`` lists the true and the used age of each training row.
     ``build(train_frame)`` returns the method's model,
     optimizer, scheduler, loss and augmentation (it may use training-split statistics only).
 
@@ -217,11 +220,20 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
         frame = annotate(frame)
     run_dir.mkdir(parents=True, exist_ok=True)
     exclusions.write(run_dir / "exclusions.csv")
+    if permute_train_ages:
+        is_train = (frame["split"] == "train").to_numpy()
+        true_age = frame.loc[is_train, "age"].to_numpy(float)
+        frame.loc[is_train, "age"] = np.random.default_rng(seed).permutation(true_age)
+        write_csv(run_dir / "training_ages.csv", pd.DataFrame({
+            "participant_id": frame.loc[is_train, "participant_id"].to_numpy(), "age_true": true_age,
+            "age_used": frame.loc[is_train, "age"].to_numpy(float)}))
+        log.info("leakage check: the %d training ages are permuted (seed %d)", int(is_train.sum()), seed)
     train_frame, val_frame = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
     if len(train_frame) < 2 or val_frame["participant_id"].nunique() < 3:
         raise ValueError(f"fold {fold}: too few usable subjects ({len(train_frame)} train, {len(val_frame)} val after "
                          "exclusions; training needs 2, the validation split's bias correction 3)")
     config = {"method": method, "dataset": dataset, "fold": int(fold), "profile": profile, **hp, "seed": seed,
+              "permute_train_ages": bool(permute_train_ages),
               "precision": precision,
               "numerics": numerics,
               "run_dir": str(run_dir), "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir,

@@ -10,6 +10,7 @@ Deviations from it are listed in resnet3d/README.md.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from pathlib import Path
@@ -80,7 +81,15 @@ def model_from_checkpoint(ckpt: dict) -> BrainAgeResNet3D:
     return BrainAgeResNet3D(dropout=ckpt["model_args"]["dropout"], widths=tuple(ckpt["model_args"]["widths"]))
 
 
-@cross_validated(lambda a: Path(a["runs_dir"]) / METHOD / a["dataset"])
+#: The leakage check's row: the same model trained on permuted training ages (issue: evaluation protocol v2).
+PERMUTED_METHOD, PERMUTED_LABEL = "resnet3d_permuted_ages", "3D ResNet-18, permuted training ages (leakage check)"
+
+
+def _method(permuted_ages: bool) -> str:
+    return PERMUTED_METHOD if permuted_ages else METHOD
+
+
+@cross_validated(lambda a: Path(a["runs_dir"]) / _method(a["permuted_ages"]) / a["dataset"])
 def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | None = None,
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           weight_decay: float | None = None, warmup_epochs: int | None = None, min_lr: float | None = None,
@@ -90,7 +99,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
           pipeline: str | None = None, widths: str = "64,128,256,512", seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
           results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
-          resume: bool = False, publish: bool = True, fold: int | str = "all") -> str:
+          resume: bool = False, publish: bool = True, fold: int | str = "all", permuted_ages: bool = False) -> str:
     """Train the 3D ResNet-18 on the train split, select by validation MAE, then test.
 
     Settings left unset come from the profile (``paper``: the source's; ``cpu``: reduced).
@@ -133,6 +142,9 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         publish: write ``results/resnet3d__<dataset>.json``.
         fold: outer cross-validation fold to run (0..4), or ``all``: every fold, then the pooled
             out-of-fold result (common/cv.py).
+        permuted_ages: the leakage check: train on the training ages shuffled among the training
+            subjects (seeded; validation and test keep true ages), as method ``resnet3d_permuted_ages``.
+            Such a model has nothing to learn, so it must score like the mean-age predictor.
 
     Returns:
         The run folder.
@@ -163,9 +175,9 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
             checkpoint_meta={"model_args": {"dropout": hp["dropout"], "widths": hp["widths"]}})
 
     run_dir, frame, fit, t0 = train_brain_age(
-        method=METHOD, dataset=dataset, profile=profile, hp=hp, spec=spec, build=build, seed=seed, device=device,
-        run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir, data_root=data_root,
-        max_per_split=max_per_split, resume=resume, fold=fold)
+        method=_method(permuted_ages), dataset=dataset, profile=profile, hp=hp, spec=spec, build=build, seed=seed,
+        device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
+        data_root=data_root, max_per_split=max_per_split, resume=resume, fold=fold, permute_train_ages=permuted_ages)
     evaluate(str(run_dir), publish=publish, device=device, _frame=frame, _wall_start=t0, _fit=fit)
     return str(run_dir)
 
@@ -185,7 +197,8 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = _wall_start or time.time()
-    report, frame, cfg, model = evaluate_brain_age(run_dir, METHOD, model_from_checkpoint, device, _frame,
+    method = json.loads((Path(run_dir) / "config.json").read_text()).get("method", METHOD)
+    report, frame, cfg, model = evaluate_brain_age(run_dir, method, model_from_checkpoint, device, _frame,
                                                       correction_formula=CORRECTION)
     if publish:
         params = {k: cfg[k] for k in PROFILES["paper"]} | {"widths": cfg["widths"], "seed": cfg["seed"]}
@@ -194,8 +207,13 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
             f"{cfg['batch_size']}, lr {cfg['lr']}, output bias initialised to the training mean age, "
             f"precise BatchNorm statistics, flips along axes {cfg['flip_axes']} only, preprocessing "
             f"{cfg.get('pipeline', 'monai')}"]
-        publish_trained_run(cfg, frame, report, model, run_dir, method=METHOD, method_label=METHOD_LABEL,
-                            source=SOURCE, source_reported=SOURCE_REPORTED, params=params, notes=notes, fit=_fit,
+        if method == PERMUTED_METHOD:
+            notes.append("leakage check: trained on the training ages permuted among the training subjects (seed "
+                         f"{cfg['seed']}); validation and test ages are true; it should score like the mean-age predictor")
+        publish_trained_run(cfg, frame, report, model, run_dir, method=method,
+                            method_label=PERMUTED_LABEL if method == PERMUTED_METHOD else METHOD_LABEL,
+                            source=SOURCE, source_reported=None if method == PERMUTED_METHOD else SOURCE_REPORTED, params=params,
+                            notes=notes, fit=_fit,
                             wall_start=t0, device=device)
     return report
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 #: Result-file prefixes of each main-job method (``scripts/reproduce.sh`` names).
 MAINJOB_METHODS = {
-    "reference": ("mean_age__", "roi_ridge__"), "resnet3d": ("resnet3d__",), "oasis_resblock": ("oasis_resblock__",),
+    "reference": ("mean_age__", "roi_ridge__"), "resnet3d": ("resnet3d__",),
+    "resnet3d_permuted_ages": ("resnet3d_permuted_ages__",), "oasis_resblock": ("oasis_resblock__",),
     "vgg16_svr": ("vgg16_svr_",), "midslice_classifier": ("midslice_resnet18__",), "alz_cnn": ("alz_",),
     "tsan": ("tsan_stage1__", "tsan_stage2__"),  # the non-default stage-2 variants are not in the main job
 }

@@ -5,8 +5,9 @@
 #   bash scripts/reproduce.sh
 #   METHODS=resnet3d DATASETS=ixi_hh PROFILE=cpu bash scripts/reproduce.sh
 #
-# METHODS   space/comma-separated subset of: reference resnet3d oasis_resblock vgg16_svr tsan
-#           midslice_classifier alz_cnn   (default: all; "reference" = mean-age predictor and ROI ridge;
+# METHODS   space/comma-separated subset of: reference resnet3d resnet3d_permuted_ages oasis_resblock
+#           vgg16_svr tsan midslice_classifier alz_cnn   (default: all; "reference" = mean-age predictor and ROI ridge;
+#           resnet3d_permuted_ages = the leakage check, resnet3d trained on permuted training ages, ixi_hh;
 #           tsan runs stage 1 and the faithful stage 2; VARIANTS="faithful out_of_fold normalized_d"
 #           adds its stage-2 variants, see tsan/README.md)
 # DATASETS  space/comma-separated subset of: ixi_hh ds000228 alzheimer4   (default: all a method applies to)
@@ -40,7 +41,7 @@ if [[ -z "${DATA_ROOT:-}" ]]; then
 fi
 export DATA_ROOT
 PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; print(default_profile())')}"
-ALL_METHODS="reference resnet3d oasis_resblock vgg16_svr tsan midslice_classifier alz_cnn"
+ALL_METHODS="reference resnet3d resnet3d_permuted_ages oasis_resblock vgg16_svr tsan midslice_classifier alz_cnn"
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
@@ -62,13 +63,16 @@ if [[ -n "$SPLIT_DATASETS" && " $METHODS " != " alz_cnn " ]]; then
   [[ "$status" == ok ]] || { echo "[reproduce] shared preprocessing FAILED; see $LOG_DIR/preprocess.log" >&2; exit 1; }
 fi
 
-declare -A APPLIES=( [reference]="ixi_hh ds000228" [resnet3d]="ixi_hh ds000228" [oasis_resblock]="ixi_hh ds000228"
+declare -A APPLIES=( [reference]="ixi_hh ds000228" [resnet3d]="ixi_hh ds000228" [resnet3d_permuted_ages]="ixi_hh"
+                     [oasis_resblock]="ixi_hh ds000228"
                      [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" [alz_cnn]="alzheimer4"
                      [tsan]="ixi_hh ds000228" )
 declare -A SCRIPT=( [reference]="baselines/reference.sh" [resnet3d]="resnet3d/train.sh"
+                    [resnet3d_permuted_ages]="resnet3d/train.sh"
                     [oasis_resblock]="baselines/oasis_resblock/train.sh" [vgg16_svr]="baselines/vgg16_svr/train.sh"
                     [midslice_classifier]="midslice_classifier/train.sh" [alz_cnn]="alz_cnn/compare_transfer.sh"
                     [tsan]="tsan/train.sh" )
+declare -A EXTRA_ARGS=( [resnet3d_permuted_ages]="--permuted_ages=True" )
 failed=()
 # The steps the job will run, and their expected time from the last run's result files.
 steps=(); total_eta=0
@@ -91,7 +95,7 @@ for method in $METHODS; do
     # Cross-validated methods run under one stable name with --resume (alz_cnn: a new run each time).
     cv_env=(); [[ "$method" == alz_cnn ]] || cv_env=(RUN_NAME="$CV_RUN_NAME" RESUME=True)
     # The method's log goes to its file; its fold lines (fold k/K, ETA) are also shown here.
-    env DATASET="$dataset" PROFILE="$PROFILE" "${cv_env[@]}" bash "${SCRIPT[$method]}" 2>&1 | tee "$log" \
+    env DATASET="$dataset" PROFILE="$PROFILE" "${cv_env[@]}" bash "${SCRIPT[$method]}" ${EXTRA_ARGS[$method]:-} 2>&1 | tee "$log" \
       | { grep --line-buffered -E "fold [0-9]+/[0-9]+" | sed -u 's/^/[reproduce]   /' || true; }
     rc=${PIPESTATUS[0]}
     reused=$(grep -c "reusing the finished run" "$log" || true)
