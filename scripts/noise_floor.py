@@ -1,0 +1,103 @@
+"""Noise floor: how much a method's test MAE moves when only the seed changes (same code, data,
+fold and profile), shown beside the leaderboard so that a difference smaller than it is not read as
+a result.
+
+    python scripts/noise_floor.py                                   # resnet3d and TSAN stage 1, IXI-HH fold 0, seeds 42,43,44
+    python scripts/noise_floor.py --methods=resnet3d --seeds=42,43
+
+Seed 42 is the main job's own fold model (``runs/<method>/<dataset>/<reuse_run>/fold<k>``) when that
+run is finished and made by the current commit; every other seed trains ``noise-seed<s>/fold<k>``
+(reused when finished by the current commit, so the script can be rerun after an interruption).
+Writes ``<results_dir>/noise_floor.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from common.cli import run as run_cli  # noqa: E402
+from common.io import write_json  # noqa: E402
+from common.runlog import git_commit  # noqa: E402
+
+log = logging.getLogger("noise_floor")
+
+#: method -> (module, training command) of the one-fold trainers measured.
+TRAINERS = {"resnet3d": ("resnet3d.train", "train"), "tsan_stage1": ("tsan.train", "train_first_stage")}
+
+
+def _finished(run_dir: Path, commit: str, seed: int) -> bool:
+    """A run folder tested by ``commit`` with ``seed`` (its ``metrics_test.json`` written)."""
+    cfg = run_dir / "config.json"
+    if not (run_dir / "metrics_test.json").is_file() or not cfg.is_file():
+        return False
+    c = json.loads(cfg.read_text())
+    return c.get("git_commit") == commit and int(c.get("seed", -1)) == seed and not commit.endswith("-dirty")
+
+
+def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: int = 0, seeds: str = "42,43,44",
+         reuse_run: str = "main-cpu", profile: str = "cpu", data_root: str | None = None, runs_dir: str = "runs",
+         results_dir: str = "results", cache_dir: str = ".cache") -> dict:
+    """Train each method on one fold with each seed and write the spread of the test MAE.
+
+    Args:
+        methods: comma-separated keys of :data:`TRAINERS`.
+        dataset: dataset with committed folds.
+        fold: the outer fold.
+        seeds: comma-separated seeds (at least 2).
+        reuse_run: the main job's run name, whose fold model stands for seed 42 when finished.
+        profile: the profile (the main job's, ``cpu`` here).
+        data_root, runs_dir, results_dir, cache_dir: as the training commands.
+
+    Returns:
+        The document written to ``<results_dir>/noise_floor.json``: per method the test MAE per seed
+        (years), their SD (ddof 1) and the run folders.
+
+    Raises:
+        ValueError: an unknown method, or fewer than 2 seeds.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = [m for m in str(methods).split(",") if m]
+    unknown = [m for m in names if m not in TRAINERS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {sorted(TRAINERS)}")
+    seed_list = [int(s) for s in str(seeds).split(",") if str(s).strip()]
+    if len(seed_list) < 2:
+        raise ValueError("the noise floor needs at least 2 seeds")
+    commit = git_commit()
+    doc = {"dataset": dataset, "fold": int(fold), "seeds": seed_list, "profile": profile, "commit": commit, "methods": {}}
+    for method in names:
+        module, command = TRAINERS[method]
+        train = getattr(importlib.import_module(module), command)
+        maes, runs = [], []
+        for seed in seed_list:
+            own = Path(runs_dir) / method / dataset / f"noise-seed{seed}" / f"fold{fold}"
+            main_run = Path(runs_dir) / method / dataset / reuse_run / f"fold{fold}"
+            run = next((r for r in (main_run, own) if _finished(r, commit, seed)), None)
+            if run is None:
+                log.info("%s on %s fold %d, seed %d: training", method, dataset, fold, seed)
+                run = Path(train(dataset=dataset, profile=profile, seed=seed, fold=fold, run_name=f"noise-seed{seed}",
+                                 data_root=data_root, runs_dir=runs_dir, results_dir=results_dir, cache_dir=cache_dir,
+                                 resume=own.exists(), publish=False))
+            else:
+                log.info("%s on %s fold %d, seed %d: reusing %s", method, dataset, fold, seed, run)
+            maes.append(float(json.loads((run / "metrics_test.json").read_text())["raw"]["mae"]))
+            runs.append(str(run))
+        doc["methods"][method] = {"mae": maes, "sd": float(np.std(maes, ddof=1)), "runs": runs}
+        log.info("%s: test MAE %s, SD %.2f y", method, ", ".join(f"{m:.2f}" for m in maes), doc["methods"][method]["sd"])
+    write_json(Path(results_dir) / "noise_floor.json", doc)
+    return doc
+
+
+#: The command-line interface (fire).
+CLI = main
+
+if __name__ == "__main__":
+    run_cli(CLI, name="scripts/noise_floor.py")
