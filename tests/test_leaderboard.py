@@ -35,7 +35,7 @@ def _result(results: Path, method: str, dataset: str, errors: np.ndarray, commit
                        "correction_on_validation": {"raw_mae": mae, "corrected_mae_leave_one_out": mae + 1}},
            "source_reported": {"mae": 9.13, "pearson_r": 0.734, "dataset": "IXI"}, "n_parameters": 33_000_000,
            "parameters": {"pipeline": "mni_brain"}, "predictions": f"predictions/{method}__{dataset}.csv",
-           "wall_time_s": 300.0, "device": "cpu", "notes": ["cpu profile"], "commit": commit}
+           "wall_time_s": 300.0, "device": "cpu", "notes": ["cpu profile", f"own note of {method}"], "commit": commit}
     (results / f"{method}__{dataset}.json").write_text(json.dumps(doc))
     return doc
 
@@ -64,7 +64,9 @@ def test_rows_are_ranked_by_paired_differences_and_regeneration_is_stable(tmp_pa
     b_vs = [line for line in pairs.splitlines() if line.startswith("| ") and " B |" in line]
     assert len(b_vs) == 2 and all("]*" in line for line in b_vs), b_vs
     assert board.index("### Brain age on ds000228") < board.index("### Brain age on ixi_hh")
-    assert board.count("cpu profile") == 3, "a note is said once per method (A has two datasets)"
+    assert board.count("own note of a") == 1, "a note is said once per method (A has two datasets)"
+    assert "- every row on ixi_hh: cpu profile" in board and board.count("cpu profile") == 2, \
+        "a note every row of a dataset carries is said once for the dataset (and once for A, alone on ds000228)"
     assert "Not shown (single-split results of the earlier protocol): d__ixi_hh.json" in board
     first_readme = readme.read_text()
     assert "stale text" not in first_readme and first_readme.startswith("intro\n") and first_readme.endswith("outro\n")
