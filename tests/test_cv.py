@@ -60,9 +60,13 @@ def test_every_subject_is_predicted_once_and_finished_folds_are_reused(tmp_path,
     assert caplog.text.count("reusing the finished run") == 5
     assert stamps == {k: (run_root / f"fold{k}" / "best.pt").stat().st_mtime_ns for k in range(5)}, "nothing retrained"
 
-    commit["id"] = "beef002"  # other code: every fold is stale, moved aside and retrained
+    commit["id"] = "beef002"  # other code made fold 0 (folds 1-4 relabelled as made by it, to train one fold only)
+    for k in range(1, 5):
+        for doc_path in (run_root / f"fold{k}" / "fold_results").glob("*.json"):
+            doc_path.write_text(json.dumps({**json.loads(doc_path.read_text()), "commit": "beef002"}))
     train(**TINY, **_dirs(tmp_path), run_name="cv", resume=True)
-    assert len(list(run_root.glob("fold0.stale-*"))) == 1
+    assert len(list(run_root.glob("fold0.stale-*"))) == 1, "the stale fold is moved aside and retrained"
+    assert not list(run_root.glob("fold1.stale-*"))
     assert json.loads((tmp_path / "results" / "resnet3d__study.json").read_text())["commit"] == "beef002"
 
 
