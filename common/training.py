@@ -510,15 +510,19 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
+        t_epoch = time.time()
         tr = train_one_epoch(net, train_loader, loss_fn, optimizer, device, cfg, scaler, desc=f"epoch {epoch}",
                              guard=guard)
+        t_steps = time.time()
         if cfg.precise_bn:
             if bn_loader is None:
                 raise ValueError("precise_bn needs bn_loader (un-augmented training data)")
             recalibrate_batchnorm(model, distributed.shard_loader(bn_loader, train=False, seed=0), device,
                                   cfg.channels_last)
             distributed.average_buffers(model)
+        t_bn = time.time()
         _, targets, outputs = predict(model, val_loader, device, cfg.amp_dtype, cfg.channels_last, shared=True)
+        t_val = time.time()
         val_loss = float(loss_fn(torch.from_numpy(outputs), torch.from_numpy(targets)))
         score = selection.fn(outputs, targets)
         if not np.isfinite(outputs).all():
@@ -538,7 +542,10 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
                                  "opt/lr": lr, "opt/max_grad_norm": tr["max_grad_norm"],
                                  "train/nonfinite_steps": tr["nonfinite_steps"],
                                  "acc/train" if selection.mode == "max" else "mae/train": tr["train_metric"],
-                                 "time/elapsed_s": time.time() - t0})
+                                 "time/elapsed_s": time.time() - t0,
+                                 # where an epoch's time goes (the rest, up to the next epoch: checkpoints)
+                                 "time/steps_s": t_steps - t_epoch, "time/precise_bn_s": t_bn - t_steps,
+                                 "time/validation_s": t_val - t_bn})
         bar.set_postfix(train_loss=f"{tr['loss']:.3f}", val=f"{score:.3f}", best=f"{best_score:.3f}")
         if main:
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, %s %.3f (best %.3f at epoch %d), lr %.2e, %.0f s%s",
