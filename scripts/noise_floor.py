@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from common.cli import run as run_cli  # noqa: E402
+from common.cv import fold_folder  # noqa: E402
 from common.io import write_json  # noqa: E402
 from common.runlog import git_commit  # noqa: E402
 
@@ -78,8 +79,8 @@ def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: i
         train = getattr(importlib.import_module(module), command)
         maes, runs = [], []
         for seed in seed_list:
-            own = Path(runs_dir) / method / dataset / f"noise-seed{seed}" / f"fold{fold}"
-            main_run = Path(runs_dir) / method / dataset / reuse_run / f"fold{fold}"
+            own = fold_folder(Path(runs_dir) / method / dataset / f"noise-seed{seed}", fold)
+            main_run = fold_folder(Path(runs_dir) / method / dataset / reuse_run, fold)
             run = next((r for r in (main_run, own) if _finished(r, commit, seed)), None)
             if run is None:
                 log.info("%s on %s fold %d, seed %d: training", method, dataset, fold, seed)
