@@ -40,7 +40,7 @@ from common.io import write_csv, write_json
 from common.metrics import classification_metrics
 from common.paths import find_data_root
 from common.plots import training_curves
-from common.runlog import RunLogger, environment_info, git_commit
+from common.runlog import RunLogger, environment_info, git_commit, setup_logging
 from common.training import VAL_ACCURACY, FitConfig, fit_model, load_checkpoint, predict
 
 log = logging.getLogger("alz_cnn")
@@ -180,7 +180,7 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
     Returns:
         The run folder.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = time.time()
     if dataset != DATASET:
         raise ValueError(f"alz_cnn trains on the {DATASET} folder layout, not {dataset!r}")
@@ -246,7 +246,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
         Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall with 95% CIs, and
         ``no_near_duplicate``: the same on the near-duplicate-free test images).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
     if _state is None:

@@ -32,7 +32,7 @@ from common.cv import cross_validated
 from common.experiment import labelled_split_frame, publication, run_folder
 from common.io import write_json
 from common.paths import find_data_root
-from common.runlog import environment_info, git_commit
+from common.runlog import environment_info, git_commit, setup_logging
 
 log = logging.getLogger("baselines.reference")
 ALPHAS = np.logspace(-2, 5, 29)
@@ -77,7 +77,7 @@ def mean_age(dataset: str = "ixi_hh", data_root: str | None = None, results_dir:
     Returns:
         The run folder.
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = time.time()
     frame, _ = labelled_split_frame(dataset, data_root, results_dir, fold=fold)
     pred = np.full(len(frame), float(frame.loc[frame["split"] == "train", "age"].mean()))
@@ -108,7 +108,7 @@ def roi_ridge(dataset: str = "ixi_hh", data_root: str | None = None, results_dir
         FileNotFoundError: no volume table.
         ValueError: scans without a volume row (listed).
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = time.time()
     path = find_data_root(data_root) / dataset / volumes_csv
     if not path.is_file():

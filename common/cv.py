@@ -30,7 +30,7 @@ import pandas as pd
 from common.io import write_csv, write_json
 from common.metrics import age_band_mae, bootstrap_ci, classification_metrics, leave_one_out_correction_mae, regression_metrics
 from common.results import FOLD_RESULTS
-from common.runlog import git_commit
+from common.runlog import git_commit, setup_logging
 from common.splits import load_folds, split_sha256
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def cross_validated(root: Callable[[dict], Path], dataset_of: Callable[[dict], s
             a = dict(bound.arguments)
             if a["fold"] != "all":
                 return train_fold(**{**a, "fold": int(a["fold"])})
+            setup_logging()  # before the first fold line, which the main job shows on its console
             name = a["run_name"] or default_run_name(a.get("profile") or default_profile())
             resume = bool(a.get("resume", False))
             run_root = Path(root(a)) / name
@@ -121,7 +122,7 @@ def cross_validated(root: Callable[[dict], Path], dataset_of: Callable[[dict], s
                     log.warning("fold %d: %s was made by other code or folds; moved to %s and retrained", k, fold_dir, aside)
                     state = "absent"
                 eta = f", about {t_train / trained * (n_folds - k) / 60:.0f} min left" if trained else ""
-                log.info("fold %d/%d of %s on %s (run %s%s)", k + 1, n_folds, train_fold.__module__, dataset, run_root, eta)
+                log.info("fold %d/%d of %s on %s (run %s%s)", k + 1, n_folds, run_root.parent.parent.name, dataset, run_root, eta)
                 fold_args = {**a, "fold": k, "run_name": name}
                 if "resume" in a:
                     fold_args["resume"] = resume and state == "partial"

@@ -23,6 +23,12 @@ from common.io import write_json
 OUTPUT_PATHSPECS = (":(exclude)results", ":(exclude)benchmarks", ":(exclude,glob)**/*.md", ":(exclude,glob)**/figures/**")
 
 
+def setup_logging(level: int = logging.INFO) -> None:
+    """The console log format of every command (time, level, logger: message). A no-op when the
+    root logger already has a handler, so the first caller (the CLI entry point) decides."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The last commit that changed the code this process runs (``-dirty`` if tracked code differs),

@@ -27,6 +27,7 @@ from common.io import write_csv, write_json
 from common.metrics import classification_metrics
 from common.paths import find_data_root
 from common.plots import confusion_matrix_plot
+from common.runlog import setup_logging
 from midslice_classifier.train import CLASS_NAMES, SOURCE_REPORTED
 
 log = logging.getLogger("midslice_classifier.from_brain_age")
@@ -58,7 +59,7 @@ def main(source_method: str = "resnet3d", dataset: str = "ds000228", results_dir
     Raises:
         FileNotFoundError: the brain-age result or its predictions are missing (run it first).
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = time.time()
     source = json.loads((Path(results_dir) / f"{source_method}__{dataset}.json").read_text())
     run_dir = Path(source["run_dir"])

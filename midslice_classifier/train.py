@@ -31,7 +31,7 @@ from common.experiment import default_run_name, labelled_split_frame, publicatio
 from common.plots import training_curves
 from common.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from common.results import split_counts
-from common.runlog import RunLogger, environment_info, git_commit
+from common.runlog import RunLogger, environment_info, git_commit, setup_logging
 from common.training import VAL_ACCURACY, FitConfig, fit_model, load_checkpoint, predict
 from midslice_classifier.data import HistogramMatcher, extract_mid_slice, montage, save_png, to_uint8
 from midslice_classifier.model import build_resnet18_classifier, parameter_groups
@@ -177,7 +177,7 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
     Returns:
         The run folder.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = time.time()
     profile = profile or default_profile()
     overrides = {"epochs": epochs, "lr": lr, "image_size": image_size, "precise_bn": precise_bn}
@@ -236,7 +236,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
     Returns:
         Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall with 95% CIs).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
     if _state is None:

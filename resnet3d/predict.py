@@ -25,6 +25,7 @@ from common.io import write_json
 from common.metrics import BiasCorrection, regression_metrics
 from common.plots import scatter_predicted_vs_age
 from common.results import brain_age_predictions, write_predictions
+from common.runlog import setup_logging
 from common.training import load_checkpoint, predict
 from resnet3d.train import METHOD, model_from_checkpoint
 
@@ -75,7 +76,7 @@ def main(checkpoint: str, inputs: str, output_dir: str = "predictions", cache_di
         ValueError: the checkpoint has no bias correction (its run was never tested), or no
             input passed the checks.
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     ckpt = load_checkpoint(checkpoint, METHOD)
     if "bias_correction" not in ckpt:
         raise ValueError(f"{checkpoint} has no bias correction; run `bash resnet3d/test.sh` on its run first")

@@ -25,6 +25,7 @@ from common.cv import cross_validated
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import int_tuple, publication, resolve_profile
+from common.runlog import setup_logging
 from common.training import warmup_factor
 from resnet3d.model import BrainAgeResNet3D
 
@@ -149,7 +150,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     Returns:
         The run folder.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     profile = profile or default_profile()
     overrides = dict(
         image_size=image_size, spacing_mm=spacing_mm, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -195,7 +196,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     Returns:
         The test report (raw and bias-corrected metrics).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = _wall_start or time.time()
     method = json.loads((Path(run_dir) / "config.json").read_text()).get("method", METHOD)
     report, frame, cfg, model = evaluate_brain_age(run_dir, method, model_from_checkpoint, device, _frame,

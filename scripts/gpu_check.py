@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from common.cli import run as run_cli  # noqa: E402
 from common.io import write_json, write_text  # noqa: E402
+from common.runlog import setup_logging
 
 log = logging.getLogger("gpu_check")
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def main(dry_run: bool = False, dataset: str = "ixi_hh", data_root: str | None =
     Raises:
         RuntimeError: no CUDA device and not ``dry_run``.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if not dry_run and not torch.cuda.is_available():
         raise RuntimeError("no CUDA device: run it on a GPU machine, or pass --dry_run")
     names = methods.split(",") if isinstance(methods, str) else list(methods)

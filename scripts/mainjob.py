@@ -21,17 +21,22 @@ MAINJOB_METHODS = {
     "tsan": ("tsan_stage1__", "tsan_stage2__"),  # the non-default stage-2 variants are not in the main job
 }
 
+#: A single-split result's time, times this, estimates its cross-validated run (5 folds of similar size).
+SINGLE_SPLIT_TO_CV = 5
+
 #: Methods whose result files of one dataset come from one process (each file carries its total time).
 ONE_RUN_PER_DATASET = {"vgg16_svr"}
 
 
 def last_wall_time(method: str, dataset: str, results_dir: str | Path = "results") -> float | None:
-    """Seconds the committed results of ``method`` on ``dataset`` took (None: no result yet)."""
+    """Seconds the committed results of ``method`` on ``dataset`` took (None: no result yet). A result
+    of the old single-split protocol (no ``folds`` entry) counts once per cross-validation fold."""
     times = []
     for prefix in MAINJOB_METHODS.get(method, ()):
         for path in Path(results_dir).glob(f"{prefix}*{dataset}.json" if prefix.endswith("_") else f"{prefix}{dataset}.json"):
             if path.stem.split("__")[-1] == dataset:
-                times.append(float(json.loads(path.read_text()).get("wall_time_s") or 0.0))
+                doc = json.loads(path.read_text())
+                times.append(float(doc.get("wall_time_s") or 0.0) * (1 if "folds" in doc else SINGLE_SPLIT_TO_CV))
     if not times:
         return None
     return max(times) if method in ONE_RUN_PER_DATASET else sum(times)

@@ -20,6 +20,7 @@ from common.data.manifest import subjects_table  # noqa: E402
 from common.data.sources import load_dataset  # noqa: E402
 from common.io import write_text  # noqa: E402
 from common.paths import find_data_root  # noqa: E402
+from common.runlog import setup_logging
 from common.splits import FOLD_METHOD, N_FOLDS, VAL_RULE, load_folds, make_age_stratified_folds, split_path  # noqa: E402
 
 log = logging.getLogger("make_splits")
@@ -36,7 +37,7 @@ def main(datasets: str = "ixi_hh,ds000228", data_root: str | None = None, seed: 
         results_dir: where ``splits/<dataset>.csv`` is written.
         force: overwrite an existing fold file (changes every method's results).
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     root = find_data_root(data_root)
     names = datasets.split(",") if isinstance(datasets, str) else list(datasets)
     for name in names:

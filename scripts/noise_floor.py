@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from common.cli import run as run_cli  # noqa: E402
 from common.cv import fold_folder  # noqa: E402
 from common.io import write_json  # noqa: E402
-from common.runlog import git_commit  # noqa: E402
+from common.runlog import git_commit, setup_logging  # noqa: E402
 
 log = logging.getLogger("noise_floor")
 
@@ -64,7 +64,7 @@ def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: i
     Raises:
         ValueError: an unknown method, or fewer than 2 seeds.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     names = [m for m in str(methods).split(",") if m]
     unknown = [m for m in names if m not in TRAINERS]
     if unknown:

@@ -31,6 +31,7 @@ from common.data.sources import load_dataset  # noqa: E402
 from common.data.standardize import StandardCache  # noqa: E402
 from common.io import write_csv  # noqa: E402
 from common.paths import find_data_root  # noqa: E402
+from common.runlog import setup_logging
 
 log = logging.getLogger("preprocess")
 
@@ -50,7 +51,7 @@ def main(datasets: str = "ixi_hh,ds000228", transform: str = "Affine", data_root
     Returns:
         Per dataset: scans, excluded, flagged, and the wall time in seconds.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     pipeline = {v: k for k, v in STANDARD_PIPELINES.items()}.get(transform)
     if pipeline is None:
         raise ValueError(f"unknown transform {transform!r}; choose from {sorted(STANDARD_PIPELINES.values())}")

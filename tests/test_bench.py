@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scripts import bench
+from scripts import bench, mainjob
 
 
 def test_mainjob_minutes_counts_one_process_once():
@@ -19,6 +19,14 @@ def test_mainjob_minutes_counts_one_process_once():
     minutes = bench.mainjob_minutes(rows)
     assert minutes["vgg16_svr"] == pytest.approx(121.0 / 60), "early and late fusion come from one process"
     assert minutes["alz_cnn"] == pytest.approx(1.5), "separate processes add up"
+
+
+def test_mainjob_eta_scales_single_split_results_to_the_folds(tmp_path):
+    (tmp_path / "resnet3d__ixi_hh.json").write_text(json.dumps({"wall_time_s": 100.0}))
+    (tmp_path / "resnet3d__ds000228.json").write_text(json.dumps({"wall_time_s": 400.0, "folds": [{}] * 5}))
+    assert mainjob.last_wall_time("resnet3d", "ixi_hh", tmp_path) == 100.0 * mainjob.SINGLE_SPLIT_TO_CV
+    assert mainjob.last_wall_time("resnet3d", "ds000228", tmp_path) == 400.0, "a pooled result already sums its folds"
+    assert mainjob.last_wall_time("tsan", "ixi_hh", tmp_path) is None
 
 
 def test_verdict_reports_only_real_speed_ups():

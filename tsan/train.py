@@ -33,6 +33,7 @@ from common.data.preprocess import VolumeSpec
 from common.device import default_profile, select_device
 from common.experiment import default_run_name, publication, resolve_profile, run_folder
 from common.io import write_csv, write_json
+from common.runlog import setup_logging
 from common.training import load_checkpoint, predict
 from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense, discretize_age, init_weights
 from tsan.ranking import RankingLoss, TSANLoss, load_sorter, pretrain_sorter
@@ -119,7 +120,7 @@ def pretrain(seq_len: int = 8, profile: str | None = None, seed: int = 0, cache_
     Returns:
         The sorter's report (validation L1 and Spearman correlation, steps, seconds).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     hp = resolve_profile(PROFILES, profile or default_profile(), {})
     if stage not in STAGE_SORTER_TIED:
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -206,7 +207,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
     Returns:
         The run folder.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     profile = profile or default_profile()
     overrides = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lbd=lbd, nb_filter=nb_filter, nb_block=nb_block, downsample=downsample,
@@ -360,7 +361,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
     Raises:
         ValueError: unknown variant, or a stage-1 run of another fold.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     _variant_method(variant)
     first_dir = Path(first_stage)
     first_cfg = json.loads((first_dir / "config.json").read_text())
@@ -648,7 +649,7 @@ def test_first_stage(run_dir: str, publish: bool = True, device: str = "auto") -
         publish: write ``results/tsan_stage1__<dataset>.json``.
         device: compute device.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     return _evaluate(run_dir, STAGE1, publish, device)
 
 
@@ -660,7 +661,7 @@ def test_second_stage(run_dir: str, publish: bool = True, device: str = "auto") 
         publish: write the result JSON.
         device: compute device.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     method = json.loads((Path(run_dir) / "config.json").read_text())["method"]
     return _evaluate(run_dir, method, publish, device)
 

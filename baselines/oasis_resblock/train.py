@@ -25,6 +25,7 @@ from common.cv import cross_validated
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import publication, resolve_profile
+from common.runlog import setup_logging
 from common.training import VAL_MSE, WarmupThenPlateau
 
 log = logging.getLogger("oasis_resblock")
@@ -131,7 +132,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     Returns:
         The run folder.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     profile = profile or default_profile()
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "amp_dtype": amp_dtype, "pipeline": pipeline}
     hp = resolve_profile(PROFILES, profile, overrides)
@@ -170,7 +171,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     Returns:
         The test report (raw and bias-corrected metrics, mean-age predictor MAE).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = _wall_start or time.time()
     report, frame, cfg, model = evaluate_brain_age(run_dir, METHOD, model_from_checkpoint, device, _frame)
     if publish:

@@ -31,7 +31,7 @@ from common.cv import cross_validated
 from common.data.checks import BadImageError
 from common.device import configure_numerics, default_profile
 from common.experiment import default_run_name, labelled_split_frame, publication, resolve_profile, run_folder
-from common.runlog import RunLogger, environment_info, git_commit, progress
+from common.runlog import RunLogger, environment_info, git_commit, progress, setup_logging
 
 log = logging.getLogger("vgg16_svr")
 
@@ -129,7 +129,7 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     Returns:
         The run folder.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = time.time()
     configure_numerics(torch.device("cpu"), "fp32")
     profile = profile or default_profile()
