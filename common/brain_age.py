@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.data.datasets import VolumeDataset
-from common.data.preprocess import VolumeSpec, prepare_volumes
+from common.data.preprocess import VolumeSpec, input_reference, prepare_volumes
 from common.device import autocast_dtype, configure_numerics, precision_of_run, resolve_precision, select_device
 from common.experiment import default_run_name, labelled_split_frame, run_folder
 from common.io import save_torch, write_csv, write_json
@@ -248,6 +248,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     train_mean = float(train_frame["age"].mean())
     meta = {"method": method, "preprocess": spec.to_dict(), "train_mean_age": train_mean, "dataset": dataset,
             "fold": int(fold), "train_age_range": [float(train_frame["age"].min()), float(train_frame["age"].max())],
+            "input_reference": input_reference(train_frame["image_path"], spec, cache_dir),
             "commit": git_commit(), **setup.checkpoint_meta}
     columns = tuple(k for k in getattr(setup.model, "extra_inputs", ())
                     if k in frame.columns and k not in VolumeDataset.ITEM_KEYS)

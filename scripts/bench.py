@@ -478,11 +478,11 @@ def _predict_arrays(run_dir: str, arrays: list, frame) -> list[float]:
     from common.training import load_checkpoint, predict
 
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    module = importlib.import_module({"resnet3d": "resnet3d.train", "tsan_stage1": "tsan.train",
-                                      "oasis_resblock": "baselines.oasis_resblock.train"}[cfg["method"]])
+    from common.predict import MODEL_MODULES
+
+    module = importlib.import_module(MODEL_MODULES[cfg["method"]])
     ckpt = load_checkpoint(Path(run_dir) / "best.pt", cfg["method"])
-    build = getattr(module, "model_from_checkpoint", None) or module._model_from_checkpoint
-    model = build(ckpt)
+    model = module.model_from_checkpoint(ckpt)
     model.load_state_dict(ckpt["model_state"])
     with tempfile.TemporaryDirectory() as tmp:
         paths = []

@@ -86,11 +86,11 @@ def _tiny_checkpoint(path, spec: VolumeSpec):
 
 
 def test_prediction_entry_point(corpus, tmp_path):
-    from resnet3d import predict
+    from common import predict
 
     ckpt = _tiny_checkpoint(tmp_path / "best.pt", SPEC)
     inputs = ",".join(str(p) for p in corpus.values())
-    out = predict.main(checkpoint=str(ckpt), inputs=inputs, output_dir=str(tmp_path / "pred"),
+    out = predict.main(model_path=str(ckpt), inputs=inputs, output_dir=str(tmp_path / "pred"),
                        cache_dir=str(tmp_path / "cache"))
     table = pd.read_csv(out)
     assert list(table["participant_id"]) == ["ok"]
@@ -100,9 +100,9 @@ def test_prediction_entry_point(corpus, tmp_path):
         assert len(row) == 1 and phrase in row["reason"].iloc[0], case
     torch.save({"method": "resnet3d", "model_state": {}}, tmp_path / "untested.pt")
     with pytest.raises(ValueError, match="no bias correction"):
-        predict.main(checkpoint=str(tmp_path / "untested.pt"), inputs=inputs)
+        predict.main(model_path=str(tmp_path / "untested.pt"), inputs=inputs, output_dir=str(tmp_path / "p1"))
     with pytest.raises(ValueError, match="none of the 1 inputs"):
-        predict.main(checkpoint=str(ckpt), inputs=str(corpus["nan"]), output_dir=str(tmp_path / "p2"),
+        predict.main(model_path=str(ckpt), inputs=str(corpus["nan"]), output_dir=str(tmp_path / "p2"),
                      cache_dir=str(tmp_path / "cache"))
 
 

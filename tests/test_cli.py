@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 CLIS = [
-    ("resnet3d.train", ["train"]), ("resnet3d.train", ["test"]), ("resnet3d.predict", []),
+    ("resnet3d.train", ["train"]), ("resnet3d.train", ["test"]), ("common.predict", []),
     ("midslice_classifier.train", ["train"]), ("midslice_classifier.train", ["test"]),
     ("midslice_classifier.from_brain_age", []),
     ("baselines.oasis_resblock.train", ["train"]), ("baselines.oasis_resblock.train", ["test"]),
@@ -195,7 +195,7 @@ def test_python_entry_points_work_from_any_folder_with_the_venv_python(tmp_path)
     venv_python = REPO / ".venv" / "bin" / "python"
     if not venv_python.exists():
         pytest.skip("no .venv here (bash scripts/test.sh creates it)")
-    proc = subprocess.run([str(venv_python), "-m", "resnet3d.predict", "--help"], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([str(venv_python), "-m", "common.predict", "--help"], cwd=tmp_path, capture_output=True,
                           text=True, env={**env, "PAGER": "cat"}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from common import predict as predict_cli
 from common.cv import pool_folds
-from resnet3d import predict as predict_cli
 from resnet3d import train as train_cli
 from tests.conftest import fold_result
 
@@ -55,7 +55,7 @@ def test_resnet3d_smoke_on_real_ixi(shared_data, tmp_path, monkeypatch):
                 manifest.set_index("MRID").loc["IXI013-HH-1212", "Age"], "", "40"],
     })
     table.to_csv(tmp_path / "inputs.csv", index=False)
-    out = predict_cli.main(checkpoint=str(run / "best.pt"), inputs=str(tmp_path / "inputs.csv"),
+    out = predict_cli.main(model_path=str(run / "best.pt"), inputs=str(tmp_path / "inputs.csv"),
                            output_dir=str(tmp_path / "pred"), cache_dir=str(tmp_path / "cache"))
     pred = pd.read_csv(out)
     assert len(pred) == 3 and pred["predicted_age_corrected"].notna().all()

@@ -140,7 +140,9 @@ def build_first_stage(args: dict) -> FirstStage:
     return FirstStage(ScaleDense(args["nb_filter"], args["nb_block"], use_sex=True), args["downsample"])
 
 
-def _model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    """Rebuild the untrained stage-1 (:class:`FirstStage`) or stage-2 (:class:`SecondStage`, its frozen
+    stage 1 inside) model of a checkpoint's ``model_args``; ``load_state_dict`` restores the weights."""
     args = ckpt["model_args"]
     if "stage1" not in args:
         return build_first_stage(args)
@@ -234,7 +236,7 @@ def load_best(run_dir: str | Path, device: str) -> tuple[torch.nn.Module, dict, 
     """``(model, checkpoint, device)``: a TSAN run's ``best.pt`` rebuilt on ``device``, in eval mode."""
     ckpt = load_checkpoint(Path(run_dir) / "best.pt")
     dev = select_device(device)
-    model = _model_from_checkpoint(ckpt).to(dev)
+    model = model_from_checkpoint(ckpt).to(dev)
     model.load_state_dict(ckpt["model_state"])
     return model.eval(), ckpt, dev
 
@@ -612,7 +614,7 @@ def residual_sources(run_dir: str, device: str = "auto") -> dict:
 def _evaluate(run_dir: str, method: str, publish: bool, device: str, frame: pd.DataFrame | None = None,
               wall_start: float | None = None, fit: dict | None = None) -> dict:
     t0 = wall_start or time.time()
-    report, frame, cfg, model = evaluate_brain_age(run_dir, method, _model_from_checkpoint, device, frame, UNKNOWN_SEX,
+    report, frame, cfg, model = evaluate_brain_age(run_dir, method, model_from_checkpoint, device, frame, UNKNOWN_SEX,
                                                    correction_formula=CORRECTION)
     test = pd.read_csv(Path(run_dir) / "predictions_test.csv")
     report["source_metrics"] = source_metrics(test)

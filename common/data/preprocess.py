@@ -249,6 +249,37 @@ def _worker(args: tuple) -> tuple[int, str, str]:
         return idx, "", err.problem
 
 
+#: The shared preprocessing's QC numbers that place a scan among the training scans.
+QC_KEYS = ("brain_volume_ml", "template_dice", "similarity")
+
+
+def qc_records(image_paths, spec: VolumeSpec, cache_root: str | Path) -> list[dict]:
+    """The shared preprocessing's QC record (``StandardBrain.qc``: brain volume in ml, template Dice,
+    similarity to the template) of each image; ``{}`` where ``spec`` has no shared preprocessing or
+    the image was not preprocessed in ``cache_root``."""
+    if spec.pipeline not in STANDARD_PIPELINES:
+        return [{} for _ in image_paths]
+    from common.data.standardize import StandardCache
+
+    cache = StandardCache(cache_root, STANDARD_PIPELINES[spec.pipeline])
+    out = []
+    for path in image_paths:
+        qc_path = cache.path_for(path).with_suffix(".json") if Path(path).is_file() else None
+        out.append(json.loads(qc_path.read_text()) if qc_path is not None and qc_path.exists() else {})
+    return out
+
+
+def input_reference(image_paths, spec: VolumeSpec, cache_root: str | Path) -> dict | None:
+    """``{key: [min, max]}`` of :data:`QC_KEYS` over ``image_paths`` (a run's training scans), kept in
+    the checkpoint so that prediction can flag a scan outside the training input domain; None
+    without shared preprocessing."""
+    records = [r for r in qc_records(image_paths, spec, cache_root) if r]
+    if not records:
+        return None
+    return {k: [float(min(r[k] for r in records)), float(max(r[k] for r in records))]
+            for k in QC_KEYS if all(k in r for r in records)}
+
+
 def prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str | Path,
                     exclusions: Exclusions, workers: int | None = None) -> pd.DataFrame:
     """Preprocess (or find cached) every image of ``manifest``.

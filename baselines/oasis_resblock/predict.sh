@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Brain age on your own T1-weighted scans with a trained oasis_resblock model: the fold ensemble of a
+# cross-validated run by default (common/predict.py; --help lists every flag).
+#   bash baselines/oasis_resblock/predict.sh --model_path=runs/oasis_resblock/ixi_hh/main-cpu --inputs=my_scans/
+#   bash baselines/oasis_resblock/predict.sh --model_path=runs/oasis_resblock/ixi_hh/main-cpu --inputs=scans.csv --fold=0 --saliency=True
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/env.sh"
+help_requested "$@" && exec python -m common.predict --help
+exec python -m common.predict "$@"
