@@ -21,6 +21,7 @@ fold models, the brain age gap raw and bias-corrected with the formula named, wa
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -43,10 +44,14 @@ from common.training import load_checkpoint
 
 log = logging.getLogger("common.predict")
 
-#: Checkpoint ``method`` -> the module that rebuilds its model (``model_from_checkpoint(ckpt)``) and
-#: names its ``SOURCE``. The leakage-check model (permuted training ages) is deliberately absent.
+#: Checkpoint ``method`` -> the module that rebuilds its model (``model_from_checkpoint(ckpt)``, or for
+#: VGG16 + SVR ``load_fitted``) and names its ``SOURCE``. The leakage-check model (permuted training
+#: ages) is deliberately absent.
 MODEL_MODULES = {"resnet3d": "resnet3d.train", "oasis_resblock": "baselines.oasis_resblock.train",
-                 "tsan_stage1": "tsan.train", "tsan_stage2": "tsan.train"}
+                 "tsan_stage1": "tsan.train", "tsan_stage2": "tsan.train",
+                 **{f"vgg16_svr_{fusion}{init}": "baselines.vgg16_svr.train" for fusion in ("early", "late")
+                    for init in ("", "_randinit")}}
+SKLEARN_MODEL = "model.skops"  # a fitted scikit-learn model beside its model_card.json (VGG16 + SVR)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -163,7 +168,9 @@ def input_table(inputs: str | list | tuple) -> pd.DataFrame:
 
 @dataclass
 class FoldModel:
-    """One trained model of a run: its checkpoint (the model card) and the run's ``config.json``."""
+    """One trained model of a run: a torch checkpoint (``best.pt``, itself the model card) with its
+    run's ``config.json``, or a fitted scikit-learn model (``model.skops``) with its ``model_card.json``
+    as ``checkpoint``."""
 
     path: Path
     checkpoint: dict
@@ -174,59 +181,93 @@ class FoldModel:
         return self.checkpoint["method"]
 
     @property
+    def is_torch(self) -> bool:
+        return self.path.name != SKLEARN_MODEL
+
+    @property
+    def module(self):
+        return importlib.import_module(MODEL_MODULES[self.method])
+
+    @property
     def correction(self) -> BiasCorrection:
         return BiasCorrection.from_dict(self.checkpoint["bias_correction"])
 
+    @property
+    def spec(self) -> VolumeSpec:
+        """The preprocessing of a torch model; for VGG16 + SVR, the shared one its MNI slices come from."""
+        if self.is_torch:
+            return VolumeSpec.from_dict(self.checkpoint["preprocess"])
+        slicing = self.checkpoint["features"]["slicing"]
+        return VolumeSpec(pipeline="mni_brain" if slicing == "mni_axial" else "monai")
+
     def build(self, device: torch.device) -> torch.nn.Module:
-        """The trained network on ``device``, in eval mode."""
-        model = importlib.import_module(MODEL_MODULES[self.method]).model_from_checkpoint(self.checkpoint)
+        """The trained network on ``device``, in eval mode (torch models)."""
+        model = self.module.model_from_checkpoint(self.checkpoint)
         model.load_state_dict(self.checkpoint["model_state"])
         return model.to(device).eval()
 
     def card(self) -> dict:
         """What the model is: method, source, commit, preprocessing, training data and ages, fold,
         validation score, bias-correction formula."""
-        ckpt, module = self.checkpoint, importlib.import_module(MODEL_MODULES[self.method])
-        correction = self.correction
-        return {"checkpoint": str(self.path), "method": self.method, "source": getattr(module, "SOURCE", ""),
-                "commit": ckpt.get("commit", self.config.get("git_commit", "")), "dataset": ckpt.get("dataset", ""),
+        ckpt, correction = self.checkpoint, self.correction
+        common = {"checkpoint": str(self.path), "method": self.method, "source": getattr(self.module, "SOURCE", ""),
+                  "bias_correction": {**correction.to_dict(), "needs_age": correction.needs_age}}
+        if not self.is_torch:
+            return {**ckpt, **common}
+        return {**common, "commit": ckpt.get("commit", self.config.get("git_commit", "")), "dataset": ckpt.get("dataset", ""),
                 "fold": ckpt.get("fold"), "profile": self.config.get("profile", ""), "preprocess": ckpt["preprocess"],
                 "train_age_range": ckpt.get("train_age_range"), "train_mean_age": ckpt.get("train_mean_age"),
                 "best_epoch": ckpt.get("best_epoch"), "validation_score": ckpt.get("val_score"),
-                "precision": precision_of_run(self.config),
-                "bias_correction": {**correction.to_dict(), "needs_age": correction.needs_age},
-                "input_reference": ckpt.get("input_reference")}
+                "precision": precision_of_run(self.config), "input_reference": ckpt.get("input_reference")}
 
 
-def load_models(model: str | Path, fold: int | None = None) -> list[FoldModel]:
-    """The fold models of ``model`` (a run folder of ``fold<k>/best.pt``, a fold folder or a ``best.pt``).
+def _model_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    direct = [path / "best.pt", *sorted(path.glob(f"*/{SKLEARN_MODEL}")), path / SKLEARN_MODEL]
+    if any(p.is_file() for p in direct):
+        return [p for p in direct if p.is_file()]
+    folds = sorted(p for p in path.glob("fold*") if re.fullmatch(r"fold\d+", p.name))  # not fold<k>.stale-*
+    return [f for p in folds for f in [p / "best.pt", *sorted(p.glob(f"*/{SKLEARN_MODEL}"))] if f.is_file()]
+
+
+def _load(file: Path) -> FoldModel:
+    if file.name == SKLEARN_MODEL:
+        card = json.loads((file.parent / "model_card.json").read_text())
+        return FoldModel(file, card, {})
+    config_path = file.parent / "config.json"
+    return FoldModel(file, load_checkpoint(file), json.loads(config_path.read_text()) if config_path.exists() else {})
+
+
+def load_models(model: str | Path, fold: int | None = None, method: str | None = None) -> list[FoldModel]:
+    """The fold models of ``model``: a run folder of ``fold<k>/best.pt`` (VGG16 + SVR:
+    ``fold<k>/<fusion>/model.skops``), a fold folder, or one model file.
+
+    Args:
+        fold: keep only the model of this outer fold.
+        method: keep only this method's models (VGG16 + SVR keeps two fusions in one run).
 
     Raises:
-        FileNotFoundError: no ``best.pt`` there, or no fold ``fold``.
-        ValueError: the folds belong to different methods, a method that cannot predict, or a run
+        FileNotFoundError: no model there, or none of fold ``fold`` or method ``method``.
+        ValueError: models of several methods and no ``method``, a method that cannot predict, or a run
             that was never tested (no validation-fitted bias correction).
     """
     path = Path(model)
-    if path.is_file():
-        files = [path]
-    elif (path / "best.pt").is_file():
-        files = [path / "best.pt"]
-    else:
-        folds = [p for p in path.glob("fold*") if re.fullmatch(r"fold\d+", p.name)]  # not fold<k>.stale-*
-        files = sorted(p / "best.pt" for p in folds if (p / "best.pt").is_file())
+    files = _model_files(path)
     if not files:
-        raise FileNotFoundError(f"{path}: no best.pt (give a run folder with fold<k>/best.pt, a fold folder or a checkpoint)")
-    models = []
-    for file in files:
-        ckpt = load_checkpoint(file)
-        config_path = file.parent / "config.json"
-        models.append(FoldModel(file, ckpt, json.loads(config_path.read_text()) if config_path.exists() else {}))
+        raise FileNotFoundError(f"{path}: no best.pt or {SKLEARN_MODEL} (give a run folder with fold<k>/, a fold folder "
+                                "or a model file)")
+    models = [_load(f) for f in files]
+    if method is not None:
+        models = [m for m in models if m.method == method]
+        if not models:
+            raise FileNotFoundError(f"{path}: no model of method {method!r}")
     methods = {m.method for m in models}
     if len(methods) > 1:
-        raise ValueError(f"{path}: checkpoints of several methods {sorted(methods)}")
-    (method,) = methods
-    if method not in MODEL_MODULES:
-        raise ValueError(f"{path}: method {method!r} has no predict (known: {sorted(MODEL_MODULES)})")
+        raise ValueError(f"{path}: models of several methods {sorted(methods)}; choose one with --method")
+    (name,) = methods
+    if name not in MODEL_MODULES:
+        raise ValueError(f"{path}: method {name!r} has no predict (known: {sorted(MODEL_MODULES)})")
     untested = [str(m.path) for m in models if "bias_correction" not in m.checkpoint]
     if untested:
         raise ValueError(f"{untested[0]} has no bias correction: its run was never tested (run its test command first)")
@@ -234,8 +275,8 @@ def load_models(model: str | Path, fold: int | None = None) -> list[FoldModel]:
         models = [m for m in models if m.checkpoint.get("fold", 0) == int(fold)]
         if not models:
             raise FileNotFoundError(f"{path}: no model of fold {fold}")
-    specs = {json.dumps(m.checkpoint["preprocess"], sort_keys=True) for m in models}
-    if len(specs) > 1:
+    keys = {json.dumps(m.checkpoint.get("preprocess", m.checkpoint.get("features")), sort_keys=True) for m in models}
+    if len(keys) > 1:
         raise ValueError(f"{path}: the fold models use different preprocessing")
     return models
 
@@ -255,8 +296,42 @@ def _predict_one(net: torch.nn.Module, frame: pd.DataFrame, device: torch.device
     return predicted
 
 
-def predict_frame(models: list[FoldModel], frame: pd.DataFrame, device: torch.device, batch_size: int = 4) -> dict:
-    """Every fold model on every preprocessed row of ``frame``.
+def _feature_cache(model: FoldModel, cache_dir: str | Path):
+    """VGG16 + SVR: the feature extractor and cache of a model's card (one per feature spec)."""
+    return _cached_feature_cache(MODEL_MODULES[model.method], json.dumps(model.checkpoint["features"], sort_keys=True),
+                                 str(cache_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_feature_cache(module: str, features: str, cache_dir: str):
+    return importlib.import_module(module).feature_cache({"features": json.loads(features)}, cache_dir)
+
+
+def prepare_inputs(models: list[FoldModel], frame: pd.DataFrame, cache_dir: str | Path,
+                   exclusions: Exclusions) -> pd.DataFrame:
+    """Preprocess every row of ``frame`` as the models were trained (torch: the checkpoint's
+    :class:`VolumeSpec`; VGG16 + SVR: its slice features), through the training code and cache.
+
+    Returns:
+        The rows that passed (with ``cache_path`` for torch models); the others are in ``exclusions``.
+    """
+    if models[0].is_torch:
+        return prepare_volumes(frame, models[0].spec, cache_dir, exclusions)
+    from common.data.checks import BadImageError
+
+    cache, keep = _feature_cache(models[0], cache_dir), []
+    for i, row in enumerate(progress(list(frame.itertuples(index=False)), desc="VGG16 features", unit="scan")):
+        try:
+            cache.get(row.image_path)
+            keep.append(i)
+        except BadImageError as err:
+            exclusions.add(row.dataset, row.image_path, err.problem, "features")
+    return frame.iloc[keep].reset_index(drop=True)
+
+
+def predict_frame(models: list[FoldModel], frame: pd.DataFrame, device: torch.device, batch_size: int = 4,
+                  cache_dir: str | Path = ".cache") -> dict:
+    """Every fold model on every prepared row of ``frame`` (:func:`prepare_inputs`).
 
     A model that takes sex (TSAN) is given the row's sex; where it is unknown the row is predicted
     once as ``M`` and once as ``F`` and the prediction is their mean (both are returned).
@@ -269,6 +344,13 @@ def predict_frame(models: list[FoldModel], frame: pd.DataFrame, device: torch.de
     unknown = ~frame["sex"].isin(["M", "F"]).to_numpy()
     raw, corrected, as_male, as_female = [], [], [], []
     for m in progress(models, desc="fold models", unit="model"):
+        if not m.is_torch:
+            model, _ = m.module.load_fitted(m.path.parent)
+            features = [_feature_cache(m, cache_dir).get(path) for path in frame["image_path"]]
+            pred = m.module.predict_fitted(m.checkpoint["fusion"], model, features)
+            raw.append(pred)
+            corrected.append(m.correction.apply(pred, age) if m.correction.needs_age else m.correction.apply(pred))
+            continue
         net = m.build(device)
         precision = precision_of_run(m.config)
         if "sex" in getattr(net, "extra_inputs", ()):
@@ -394,7 +476,8 @@ def _safe_name(participant: str, session: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{participant}_{session}" if session else participant)
 
 
-def main(model_path: str, inputs: str, output_dir: str = "predictions", fold: int | None = None, saliency: bool = False,
+def main(model_path: str, inputs: str, output_dir: str = "predictions", fold: int | None = None,
+         method: str | None = None, saliency: bool = False,
          cache_dir: str = ".cache", device: str = "auto", batch_size: int = 4, qc: bool = True) -> str:
     """Predict brain age for each input scan with a trained brain-age model (the fold ensemble by default).
 
@@ -407,6 +490,8 @@ def main(model_path: str, inputs: str, output_dir: str = "predictions", fold: in
         output_dir: where ``predictions.csv``, ``excluded.csv``, ``model_card.json``, ``qc/``,
             ``predict.log`` (and, with ages, ``metrics.json``) are written.
         fold: use only the model of this fold instead of the ensemble.
+        method: the method, where a run holds several (VGG16 + SVR: ``vgg16_svr_early_randinit``
+            or ``vgg16_svr_late_randinit``).
         saliency: also write MONAI occlusion-sensitivity maps (first fold model; NIfTI on the
             model's grid, and a PNG overlay) to ``saliency/``; slow on a CPU (hundreds of forward passes per scan).
         cache_dir: preprocessing cache (shared with training).
@@ -431,22 +516,39 @@ def main(model_path: str, inputs: str, output_dir: str = "predictions", fold: in
     root.addHandler(handler)
     root.setLevel(min(level, logging.INFO))  # the run log keeps the INFO lines whoever set up the console
     try:
-        return _main(model_path, inputs, out, fold, saliency, cache_dir, device, batch_size, qc)
+        return _main(model_path, inputs, out, fold, method, saliency, cache_dir, device, batch_size, qc)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
         handler.close()
 
 
-def _main(model, inputs, out: Path, fold, saliency, cache_dir, device, batch_size, qc) -> str:
-    models = load_models(model, fold)
-    spec = VolumeSpec.from_dict(models[0].checkpoint["preprocess"])
+def _qc_volume(model: FoldModel, row, cache_dir) -> np.ndarray:
+    """The (D, H, W) volume a model saw: a torch model's preprocessed input; for VGG16 + SVR the
+    shared preprocessing's MNI brain (its slices) or the raw volume (the source's slicing)."""
+    if model.is_torch:
+        return np.load(row.cache_path)[0]
+    if model.spec.pipeline == "mni_brain":
+        from common.data.standardize import StandardCache
+
+        return StandardCache(cache_dir, "Affine").get(row.image_path).brain
+    from common.data.checks import load_checked
+
+    return load_checked(row.image_path)[0]
+
+
+def _main(model, inputs, out: Path, fold, method, saliency, cache_dir, device, batch_size, qc) -> str:
+    models = load_models(model, fold, method)
+    spec = models[0].spec
+    if saliency and not models[0].is_torch:
+        log.warning("saliency maps need a network; %s is an SVR on fixed features: none are written", models[0].method)
+        saliency = False
     write_json(out / "model_card.json", {"models": [m.card() for m in models]})
     log.info("%s: %d fold model(s) of %s trained on %s", model, len(models), models[0].method,
              models[0].checkpoint.get("dataset", "?"))
     frame = input_table(inputs)
     exclusions = Exclusions()
-    usable = prepare_volumes(frame, spec, cache_dir, exclusions)
+    usable = prepare_inputs(models, frame, cache_dir, exclusions)
     exclusions.write(out / "excluded.csv")
     for row in exclusions.rows:
         print(f"EXCLUDED {row['item']}: {row['reason']}")
@@ -454,7 +556,7 @@ def _main(model, inputs, out: Path, fold, saliency, cache_dir, device, batch_siz
         raise ValueError(f"none of the {len(frame)} inputs passed the checks; see {out / 'excluded.csv'}")
     usable = usable.reset_index(drop=True).assign(split="predict")
     dev = select_device(device)
-    preds = predict_frame(models, usable, dev, batch_size)
+    preds = predict_frame(models, usable, dev, batch_size, cache_dir)
     raw, corrected = preds["raw"], preds["corrected"]
     correction = models[0].correction
     age = usable["age"].to_numpy(float)
@@ -481,7 +583,7 @@ def _main(model, inputs, out: Path, fold, saliency, cache_dir, device, batch_siz
     path = write_csv(out / "predictions.csv", table.round(4))
     for i, row in enumerate(progress(list(usable.itertuples(index=False)), desc="QC", unit="scan")):
         name = _safe_name(row.participant_id, row.session_id)
-        volume = np.load(row.cache_path)[0]
+        volume = _qc_volume(models[0], row, cache_dir)
         title = f"{row.participant_id} {row.session_id}: predicted {mean_raw[i]:.1f} y ({models[0].method})"
         if qc:
             qc_figure(volume, out / "qc" / f"{name}.png", title)

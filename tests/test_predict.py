@@ -210,3 +210,47 @@ def test_scans_outside_the_training_input_domain_are_flagged(tmp_path):
                                                     "input_reference": reference}, {})
     notes = predict.scan_warnings(frame, [fold], qc_records(frame["image_path"], spec, tmp_path / "cache"))
     assert notes[:2] == ["", ""] and "similarity 0.2 outside the training scans' 0.6-0.65" in notes[2]
+
+
+def test_vgg16_svr_keeps_its_fitted_models_safely_and_predicts(tmp_path, monkeypatch):
+    import skops.io as sio
+    from sklearn.linear_model import Ridge
+
+    from baselines.vgg16_svr import train as vgg
+
+    rng = np.random.default_rng(0)
+    scans = [write_volume(tmp_path / "in" / f"s{i}.nii.gz", seed=i) for i in range(8)]
+    features = {str(p): rng.normal(size=(3, 5)).astype(np.float32) for p in scans}
+    feats, ages = list(features.values()), np.linspace(20, 80, len(scans))
+    train = np.arange(len(scans)) < 6
+    card = {"dataset": "ixi_hh", "fold": 0, "profile": "cpu", "train_age_range": [20.0, 62.9],
+            "features": {"weights": "none", "seed": 42, "keep_triplets": 3, "slicing": "voxel_axis2"},
+            "bias_correction": BiasCorrection(slope=1.0, intercept=0.0, formula="identity").to_dict()}
+    fitted = {"early": vgg.fit_early_fusion(feats, ages, train, C=98, epsilon=0.064),
+              "late": vgg.fit_late_fusion(feats, ages, train, C=1, epsilon=0.1)}
+    for fusion, (pred, model) in fitted.items():
+        vgg.save_fitted(tmp_path / "run" / "fold0" / fusion, fusion, model, {**card, "method": f"vgg16_svr_{fusion}_randinit"})
+        loaded, saved_card = vgg.load_fitted(tmp_path / "run" / "fold0" / fusion)
+        assert np.allclose(vgg.predict_fitted(fusion, loaded, feats), pred) and saved_card["fusion"] == fusion
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / vgg.MODEL_FILE).write_bytes(sio.dumps(Ridge().fit([[0.0], [1.0]], [0.0, 1.0])))
+    with pytest.raises(ValueError, match="types this project never saves.*Ridge"):
+        vgg.load_fitted(tmp_path / "evil")
+    with pytest.raises(FileNotFoundError, match="no model.skops"):
+        vgg.load_fitted(tmp_path)
+
+    class StubCache:  # the VGG16 features of each file, without a VGG16
+        def get(self, path):
+            return features[str(path)]
+
+    monkeypatch.setattr(vgg, "feature_cache", lambda card, cache_dir: StubCache())
+    predict._cached_feature_cache.cache_clear()
+    with pytest.raises(ValueError, match="several methods.*--method"):
+        predict.main(model_path=str(tmp_path / "run"), inputs=str(tmp_path / "in"), output_dir=str(tmp_path / "o"))
+    late = "vgg16_svr_late_randinit"
+    table = pd.read_csv(predict.main(model_path=str(tmp_path / "run"), inputs=str(tmp_path / "in"), method=late,
+                                     output_dir=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache"), saliency=True))
+    assert np.allclose(table["predicted_age"], fitted["late"][0], atol=1e-3) and (table["method"] == late).all()
+    assert len(list((tmp_path / "o" / "qc").glob("*.png"))) == 8 and not (tmp_path / "o" / "saliency").exists()
+    assert json.loads((tmp_path / "o" / "model_card.json").read_text())["models"][0]["features"]["slicing"] == "voxel_axis2"
+    predict._cached_feature_cache.cache_clear()

@@ -13,6 +13,7 @@ with the evaluation labels) are not reproduced. Deviations: baselines/vgg16_svr/
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -29,8 +30,10 @@ from common.cli import declare_profiles
 from common.cli import run as run_cli
 from common.cv import cross_validated
 from common.data.checks import BadImageError
+from common.data.preprocess import VolumeSpec, input_reference
 from common.device import configure_numerics, default_profile
 from common.experiment import default_run_name, labelled_split_frame, publication, resolve_profile, run_folder
+from common.io import atomic_write, write_json
 from common.runlog import RunLogger, environment_info, git_commit, progress, setup_logging
 
 log = logging.getLogger("vgg16_svr")
@@ -64,7 +67,7 @@ def fit_early_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.nda
     x = np.stack([f.mean(0) for f in features])
     model = make_pipeline(StandardScaler(), SVR(kernel="linear", C=C, epsilon=epsilon))
     model.fit(x[train], ages[train])
-    return model.predict(x), model
+    return predict_fitted("early", model, features), model
 
 
 def fit_late_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndarray, C: float, epsilon: float):
@@ -78,13 +81,88 @@ def fit_late_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndar
     if len(counts) != 1:
         raise ValueError(f"late fusion needs the same triplet positions for every subject, got counts {sorted(counts)}")
     stacked = np.stack(features)  # (N, T, F)
-    preds, models = [], []
-    for t in range(stacked.shape[1]):
-        model = SVR(kernel="linear", C=C, epsilon=epsilon)
-        model.fit(stacked[train, t], ages[train])
-        preds.append(model.predict(stacked[:, t]))
-        models.append(model)
-    return np.mean(preds, axis=0), models
+    models = [SVR(kernel="linear", C=C, epsilon=epsilon).fit(stacked[train, t], ages[train])
+              for t in range(stacked.shape[1])]
+    return predict_fitted("late", models, features), models
+
+
+def predict_fitted(fusion: str, model, features: list[np.ndarray]) -> np.ndarray:
+    """Predicted ages (N,) in years of fitted fusion models on per-subject (T, F) feature matrices:
+    early, the pipeline on the mean triplet feature; late, the mean over positions of each position's SVR.
+
+    Raises:
+        ValueError: late fusion with a subject whose number of triplet positions differs from the models'.
+    """
+    if fusion == "early":
+        return model.predict(np.stack([f.mean(0) for f in features]))
+    if any(len(f) != len(model) for f in features):
+        raise ValueError(f"late fusion has {len(model)} position models; a subject has {sorted({len(f) for f in features})}")
+    stacked = np.stack(features)
+    return np.mean([m.predict(stacked[:, t]) for t, m in enumerate(model)], axis=0)
+
+
+#: The only types a saved model may hold; :func:`load_fitted` refuses a file with any other (no pickle).
+TRUSTED_TYPES = {"sklearn.pipeline.Pipeline", "sklearn.preprocessing._data.StandardScaler", "sklearn.svm._classes.SVR",
+                 "builtins.list", "builtins.dict", "builtins.str", "builtins.tuple", "numpy.ndarray", "numpy.dtype",
+                 "numpy.float64", "numpy.int32", "numpy.int64"}
+MODEL_FILE, CARD_FILE = "model.skops", "model_card.json"
+
+
+def save_fitted(folder: Path, fusion: str, model, card: dict) -> None:
+    """Keep a fusion's fitted scaler and SVR(s) (skops, ``model.skops``) and its model card
+    (``model_card.json``: method, features, training ages, bias correction), so it can predict."""
+    import skops.io as sio
+
+    write_json(folder / CARD_FILE, {**card, "fusion": fusion})
+    atomic_write(folder / MODEL_FILE, lambda fh: fh.write(sio.dumps(model)), mode="wb")
+
+
+def load_fitted(folder: str | Path) -> tuple[object, dict]:
+    """``(model, card)`` of :func:`save_fitted`.
+
+    Raises:
+        FileNotFoundError: no saved model in ``folder``.
+        ValueError: the file holds a type outside :data:`TRUSTED_TYPES`.
+    """
+    import skops.io as sio
+
+    folder = Path(folder)
+    if not (folder / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: no {MODEL_FILE} (runs made before VGG16 + SVR kept its models cannot predict)")
+    data = (folder / MODEL_FILE).read_bytes()
+    held = _types_in(data)  # every type in the file, not only those skops distrusts (it trusts any scikit-learn class)
+    if held - TRUSTED_TYPES:
+        raise ValueError(f"{folder / MODEL_FILE} holds types this project never saves: {sorted(held - TRUSTED_TYPES)}")
+    return sio.loads(data, trusted=sorted(held)), json.loads((folder / CARD_FILE).read_text())
+
+
+def _types_in(data: bytes) -> set[str]:
+    """``module.class`` of every object in a skops file (from its ``schema.json``)."""
+    import io
+    import zipfile
+
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if "__class__" in node:
+                found.add(f"{node.get('__module__', '')}.{node['__class__']}")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        walk(json.loads(archive.read("schema.json")))
+    return found
+
+
+def feature_cache(card: dict, cache_dir: str | Path) -> FeatureCache:
+    """The feature extractor and cache a saved model was fitted on (its card's ``features``)."""
+    f = card["features"]
+    return FeatureCache(cache_dir, VGG16Features(f["weights"], seed=f["seed"]), f["weights"], f["keep_triplets"],
+                        seed=f["seed"], slicing=f["slicing"])
 
 
 def _root(a: dict) -> Path:
@@ -161,14 +239,22 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     train = (frame["split"] == "train").to_numpy()
     eval_rows = frame["split"].isin(["val", "test"]).to_numpy()
     train_mean = float(ages[train].mean())
-    fits = {"early": fit_early_fusion(features, ages, train, hp["early_C"], hp["early_epsilon"])[0],
-            "late": fit_late_fusion(features, ages, train, hp["late_C"], hp["late_epsilon"])[0]}
-    for fusion, pred in fits.items():
+    fits = {"early": fit_early_fusion(features, ages, train, hp["early_C"], hp["early_epsilon"]),
+            "late": fit_late_fusion(features, ages, train, hp["late_C"], hp["late_epsilon"])}
+    for fusion, (pred, model) in fits.items():
         method = f"vgg16_svr_{fusion}{suffix}"
         sub = run_dir / fusion
         sub.mkdir(exist_ok=True)
-        report, _ = report_brain_age(frame[eval_rows].reset_index(drop=True), pred[eval_rows], sub,
-                                     f"{method} on {dataset} ({profile})", train_mean_age=train_mean)
+        report, correction = report_brain_age(frame[eval_rows].reset_index(drop=True), pred[eval_rows], sub,
+                                              f"{method} on {dataset} ({profile})", train_mean_age=train_mean)
+        save_fitted(sub, fusion, model, {
+            "method": method, "dataset": dataset, "fold": int(fold), "profile": profile, "commit": git_commit(),
+            "features": {"weights": str(weights), "seed": seed, "keep_triplets": hp["keep_triplets"],
+                         "slicing": hp["slicing"], "provenance": extractor.provenance},
+            "train_age_range": [float(ages[train].min()), float(ages[train].max())], "train_mean_age": train_mean,
+            "input_reference": input_reference(frame.loc[train, "image_path"], VolumeSpec(pipeline="mni_brain"), cache_dir)
+            if hp["slicing"] == "mni_axial" else None,
+            "bias_correction": correction.to_dict()})
         if publish:
             label = f"VGG16 {'random-init' if suffix else extractor.provenance} features + SVR, {fusion} fusion"
             notes = [f"VGG16 weights: {extractor.provenance}" + (" (ImageNet weights cannot be downloaded here)"
