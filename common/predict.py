@@ -221,7 +221,8 @@ class FoldModel:
                 "precision": precision_of_run(self.config), "input_reference": ckpt.get("input_reference")}
 
 
-def _model_files(path: Path) -> list[Path]:
+def model_files(path: Path) -> list[Path]:
+    """The model files of a run, fold folder or file (``best.pt`` / ``model.skops``), moved-aside folds excluded."""
     if path.is_file():
         return [path]
     direct = [path / "best.pt", *sorted(path.glob(f"*/{SKLEARN_MODEL}")), path / SKLEARN_MODEL]
@@ -229,6 +230,17 @@ def _model_files(path: Path) -> list[Path]:
         return [p for p in direct if p.is_file()]
     folds = sorted(p for p in path.glob("fold*") if re.fullmatch(r"fold\d+", p.name))  # not fold<k>.stale-*
     return [f for p in folds for f in [p / "best.pt", *sorted(p.glob(f"*/{SKLEARN_MODEL}"))] if f.is_file()]
+
+
+def methods_in(path: str | Path) -> set[str]:
+    """The methods of the models under ``path``, read from the light files beside them (``config.json``,
+    ``model_card.json``), or from the checkpoint where there is none."""
+    methods = set()
+    for file in model_files(Path(path)):
+        light = file.parent / ("model_card.json" if file.name == SKLEARN_MODEL else "config.json")
+        method = json.loads(light.read_text()).get("method") if light.is_file() else None
+        methods.add(method or _load(file).method)
+    return methods
 
 
 def _load(file: Path) -> FoldModel:
@@ -253,7 +265,7 @@ def load_models(model: str | Path, fold: int | None = None, method: str | None =
             that was never tested (no validation-fitted bias correction).
     """
     path = Path(model)
-    files = _model_files(path)
+    files = model_files(path)
     if not files:
         raise FileNotFoundError(f"{path}: no best.pt or {SKLEARN_MODEL} (give a run folder with fold<k>/, a fold folder "
                                 "or a model file)")
