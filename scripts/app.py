@@ -127,6 +127,6 @@ if result:
             ax.set_xlabel("age (years)")
             ax.set_ylabel("predicted age (years)")
             ax.legend(fontsize=7)
-            st.pyplot(fig)
+            st.pyplot(fig, use_container_width=False)
         st.download_button("Download predictions.csv", (result["out_dir"] / "predictions.csv").read_bytes(),
                            file_name="predictions.csv", mime="text/csv")
