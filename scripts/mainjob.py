@@ -48,8 +48,9 @@ def report(steps_tsv: str | Path, out_md: str | Path) -> str:
     Args:
         steps_tsv: the lines ``scripts/reproduce.sh`` appends per step: ``step<TAB>seconds<TAB>status
             <TAB>reused folds`` (``status`` ok or FAILED; reused folds: finished folds a resumed job took over
-            instead of training, so its time is not the cold-cache time), then a ``total`` line and a
-            ``machine`` line (CPU model, cores) and a ``commit`` line.
+            instead of training, so its time is not the cold-cache time), ``profile``, ``commit`` and
+            ``machine`` (CPU model, cores) lines, and at the end a ``total`` line. Without ``total`` the job
+            is still running (or was stopped): the report says so and sums the steps done.
         out_md: the Markdown file to write (``results/BENCHMARKS.md``).
 
     Returns:
@@ -67,13 +68,16 @@ def report(steps_tsv: str | Path, out_md: str | Path) -> str:
             meta[fields[0]] = fields[1]
         else:
             rows.append(fields)
-    total = float(meta.get("total", sum(float(r[1]) for r in rows)))
+    finished = "total" in meta
+    total = float(meta["total"]) if finished else sum(float(r[1]) for r in rows)
     reused = sum(int(r[3] or 0) for r in rows)
     lines = ["# Main job wall time", "",
              f"Measured end to end by `scripts/reproduce.sh` itself (profile {meta.get('profile', '?')}, commit "
              f"{meta.get('commit', '?')}, {meta.get('machine', '?')}). Written by `python scripts/mainjob.py report`; "
              "do not edit by hand.", "",
-             f"**Total: {total / 60:.1f} min** (budget: 150 min)" + (
+             (f"**Total: {total / 60:.1f} min** (budget: 150 min)" if finished else
+              f"**Not finished: {total / 60:.1f} min for the {len(rows)} steps done so far** (budget: 150 min; the job "
+              "was still running or was stopped, and goes on where it stopped when run again)") + (
                  f"; {reused} finished folds were reused from an earlier, interrupted invocation of the same commit, "
                  "so this is not a cold-cache time" if reused else "; nothing reused (cold start)"), "",
              "| step | minutes | status | folds reused |", "|---|---|---|---|"]

@@ -46,7 +46,12 @@ METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
 CV_RUN_NAME="${RUN_NAME:-main-$PROFILE}"
-STEPS_TSV="$LOG_DIR/mainjob_steps.tsv"; : > "$STEPS_TSV"
+STEPS_TSV="$LOG_DIR/mainjob_steps.tsv"
+{ printf 'profile\t%s\t\t\n' "$PROFILE"
+  printf 'commit\t%s\t\t\n' "$(python -c 'from common.runlog import git_commit; print(git_commit())')"
+  printf 'machine\t%s, %s cores\t\t\n' "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)" "$(nproc)"; } > "$STEPS_TSV"
+# results/BENCHMARKS.md after every step, so a stopped job still reports what it measured
+report() { python scripts/mainjob.py report "$STEPS_TSV" results/BENCHMARKS.md > /dev/null; }
 job_start=$SECONDS
 echo "[reproduce] DATA_ROOT=$DATA_ROOT PROFILE=$PROFILE METHODS=$METHODS DATASETS=$DATASETS RUN_NAME=$CV_RUN_NAME"
 
@@ -59,7 +64,7 @@ if [[ -n "$SPLIT_DATASETS" && " $METHODS " != " alz_cnn " ]]; then
   start=$SECONDS
   echo "[reproduce] $(date -u +%H:%M:%S) shared preprocessing of ${SPLIT_DATASETS%,} (cached; log: $LOG_DIR/preprocess.log)"
   if python scripts/preprocess.py --datasets="${SPLIT_DATASETS%,}" > "$LOG_DIR/preprocess.log" 2>&1; then status=ok; else status=FAILED; fi
-  printf 'shared preprocessing\t%s\t%s\t0\n' "$((SECONDS - start))" "$status" >> "$STEPS_TSV"
+  printf 'shared preprocessing\t%s\t%s\t0\n' "$((SECONDS - start))" "$status" >> "$STEPS_TSV"; report
   [[ "$status" == ok ]] || { echo "[reproduce] shared preprocessing FAILED; see $LOG_DIR/preprocess.log" >&2; exit 1; }
 fi
 
@@ -107,6 +112,7 @@ for method in $METHODS; do
       failed+=("$method/$dataset"); status=FAILED
     fi
     printf '%s on %s\t%s\t%s\t%s\n' "$method" "$dataset" "$((SECONDS - start))" "$status" "$reused" >> "$STEPS_TSV"
+    report
   done
 done
 
@@ -117,10 +123,7 @@ if [[ " $METHODS " == *" midslice_classifier "* && " $DATASETS " == *" ds000228 
 fi
 
 printf 'total\t%s\t\t\n' "$((SECONDS - job_start))" >> "$STEPS_TSV"
-printf 'profile\t%s\t\t\n' "$PROFILE" >> "$STEPS_TSV"
-printf 'commit\t%s\t\t\n' "$(python -c 'from common.runlog import git_commit; print(git_commit())')" >> "$STEPS_TSV"
-printf 'machine\t%s, %s cores\t\t\n' "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)" "$(nproc)" >> "$STEPS_TSV"
-python scripts/mainjob.py report "$STEPS_TSV" results/BENCHMARKS.md > /dev/null
+report
 echo "[reproduce] wall time $(( (SECONDS - job_start) / 60 )) min; per step: results/BENCHMARKS.md"
 python scripts/make_leaderboard.py
 if (( ${#failed[@]} )); then

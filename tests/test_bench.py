@@ -29,6 +29,20 @@ def test_mainjob_eta_scales_single_split_results_to_the_folds(tmp_path):
     assert mainjob.last_wall_time("tsan", "ixi_hh", tmp_path) is None
 
 
+def test_mainjob_report_of_a_finished_and_of_a_stopped_job(tmp_path):
+    steps = tmp_path / "steps.tsv"
+    steps.write_text("profile\tcpu\t\t\ncommit\tabc\t\t\nmachine\tSome CPU, 2 cores\t\t\n"
+                     "shared preprocessing\t60\tok\t0\nresnet3d on ixi_hh\t1800\tok\t2\n")
+    partial = mainjob.report(steps, tmp_path / "B.md")
+    assert "Not finished: 31.0 min for the 2 steps done so far" in partial and "commit abc, Some CPU, 2 cores" in partial
+    assert "| resnet3d on ixi_hh | 30.0 | ok | 2 |" in partial and "2 finished folds were reused" in partial
+    steps.write_text(steps.read_text() + "total\t1900\t\t\n")
+    assert "**Total: 31.7 min** (budget: 150 min)" in mainjob.report(steps, tmp_path / "B.md")
+    steps.write_text("bad line\n")
+    with pytest.raises(ValueError, match="4 tab-separated fields"):
+        mainjob.report(steps, tmp_path / "B.md")
+
+
 def test_verdict_reports_only_real_speed_ups():
     rows = [{"model": "m", "mode": "fp32", "train_samples_per_s": 10.0},
             {"model": "m", "mode": "channels_last", "train_samples_per_s": 14.0}]
