@@ -54,6 +54,8 @@ MODEL_MODULES = {"resnet3d": "resnet3d.train", "oasis_resblock": "baselines.oasi
 SKLEARN_MODEL = "model.skops"  # a fitted scikit-learn model beside its model_card.json (VGG16 + SVR)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: QC numbers where higher is better (only a value below the training scans' is flagged).
+REGISTRATION_QC = ("template_dice", "similarity")
 TABLE_SUFFIXES = (".csv", ".tsv")
 _ENTITY = re.compile(r"(?:^|_)(sub|ses)-([A-Za-z0-9]+)")
 
@@ -382,9 +384,10 @@ def predict_frame(models: list[FoldModel], frame: pd.DataFrame, device: torch.de
 
 def scan_warnings(frame: pd.DataFrame, models: list[FoldModel], qc: list[dict]) -> list[str]:
     """Per row, the reasons to distrust its prediction (``; ``-joined, empty when none): an age outside
-    the training ages, sex unknown to a model that takes it, and preprocessing QC outside the training
-    scans' range (``input_reference`` of the checkpoint: a scan of another domain, or one whose header
-    orientation disagrees with its content, registers badly)."""
+    the training ages, sex unknown to a model that takes it, a brain volume outside the training scans'
+    range (another input domain), and a registration to the template (Dice, similarity) worse than every
+    training scan's (a failed registration, or a header orientation that disagrees with the image);
+    the ranges are the checkpoint's ``input_reference``."""
     ranges = [m.checkpoint.get("train_age_range") for m in models if m.checkpoint.get("train_age_range")]
     low, high = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else (-np.inf, np.inf)
     takes_sex = models[0].method.startswith("tsan")
@@ -398,9 +401,13 @@ def scan_warnings(frame: pd.DataFrame, models: list[FoldModel], qc: list[dict]) 
             notes.append("sex unknown: the mean of the predictions as M and as F")
         for key, (lo, hi) in reference.items():
             value = stats.get(key)
-            if value is not None and not lo <= value <= hi:
-                notes.append(f"{key} {value:g} outside the training scans' {lo:g}-{hi:g}: another input domain, or a "
-                             "header orientation that disagrees with the image")
+            if value is None:
+                continue
+            if key in REGISTRATION_QC and value < lo:  # a better registration than every training scan's is no warning
+                notes.append(f"{key} {value:g} below every training scan's ({lo:g}-{hi:g}): the registration to the "
+                             "template failed or the header orientation disagrees with the image")
+            elif key not in REGISTRATION_QC and not lo <= value <= hi:
+                notes.append(f"{key} {value:g} outside the training scans' {lo:g}-{hi:g}: another input domain")
         out.append("; ".join(notes))
     return out
 

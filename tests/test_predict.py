@@ -202,14 +202,21 @@ def test_scans_outside_the_training_input_domain_are_flagged(tmp_path):
     for scan, similarity in zip(scans, (0.60, 0.65, 0.20)):
         cache.path_for(scan).with_suffix(".json").write_text(json.dumps({"similarity": similarity, "template_dice": 0.95,
                                                                          "brain_volume_ml": 1200.0}))
+    extra = [write_volume(tmp_path / f"e{i}.nii.gz", seed=10 + i) for i in range(2)]  # a better registration; a big brain
+    for scan, (similarity, volume) in zip(extra, ((0.90, 1200.0), (0.62, 1900.0))):
+        cache.path_for(scan).with_suffix(".json").write_text(json.dumps({"similarity": similarity, "template_dice": 0.95,
+                                                                         "brain_volume_ml": volume}))
     reference = input_reference([str(s) for s in scans[:2]], spec, tmp_path / "cache")
     assert reference == {"brain_volume_ml": [1200.0, 1200.0], "template_dice": [0.95, 0.95], "similarity": [0.6, 0.65]}
     assert input_reference([str(s) for s in scans], VolumeSpec(), tmp_path / "cache") is None, "no shared preprocessing"
-    frame = predict.input_table([str(s) for s in scans])
+    frame = predict.input_table([str(s) for s in scans + extra])
     fold = predict.FoldModel(tmp_path / "best.pt", {"method": "resnet3d", "train_age_range": [20, 80],
                                                     "input_reference": reference}, {})
     notes = predict.scan_warnings(frame, [fold], qc_records(frame["image_path"], spec, tmp_path / "cache"))
-    assert notes[:2] == ["", ""] and "similarity 0.2 outside the training scans' 0.6-0.65" in notes[2]
+    by_id = dict(zip(frame["participant_id"], notes))
+    assert by_id["s0"] == by_id["s1"] == by_id["e0"] == "", "inside the range, or registered better than any training scan"
+    assert "similarity 0.2 below every training scan's (0.6-0.65)" in by_id["s2"]
+    assert "brain_volume_ml 1900 outside the training scans' 1200-1200: another input domain" in by_id["e1"]
 
 
 def test_vgg16_svr_keeps_its_fitted_models_safely_and_predicts(tmp_path, monkeypatch):
