@@ -603,7 +603,8 @@ def _main(model, inputs, out: Path, fold, method, saliency, cache_dir, device, b
     for i, row in enumerate(progress(list(usable.itertuples(index=False)), desc="QC", unit="scan")):
         name = _safe_name(row.participant_id, row.session_id)
         volume = _qc_volume(models[0], row, cache_dir)
-        title = f"{row.participant_id} {row.session_id}: predicted {mean_raw[i]:.1f} y ({models[0].method})"
+        scan_id = " ".join(filter(None, (row.participant_id, row.session_id)))
+        title = f"{scan_id}: predicted {mean_raw[i]:.1f} y ({models[0].method})"
         if qc:
             qc_figure(volume, out / "qc" / f"{name}.png", title)
         if saliency:
