@@ -39,6 +39,7 @@ from common.data.preprocess import VolumeSpec, prepare_volumes, qc_records
 from common.device import autocast_dtype, precision_of_run, select_device
 from common.io import write_csv, write_json
 from common.metrics import BiasCorrection, regression_metrics
+from common.plots import scatter_predicted_vs_age
 from common.runlog import progress, setup_logging
 from common.training import load_checkpoint
 
@@ -507,7 +508,7 @@ def main(model_path: str, inputs: str, output_dir: str = "predictions", fold: in
             ``image_path`` and optional ``participant_id``, ``session_id``, ``age`` (years), ``sex``,
             ``mask_path`` (module docstring).
         output_dir: where ``predictions.csv``, ``excluded.csv``, ``model_card.json``, ``qc/``,
-            ``predict.log`` (and, with ages, ``metrics.json``) are written.
+            ``predict.log`` (and, with ages, ``metrics.json`` and ``scatter.png``) are written.
         fold: use only the model of this fold instead of the ensemble.
         method: the method, where a run holds several (VGG16 + SVR: ``vgg16_svr_early_randinit``
             or ``vgg16_svr_late_randinit``).
@@ -615,6 +616,8 @@ def _main(model, inputs, out: Path, fold, method, saliency, cache_dir, device, b
         metrics = {"n": int(labelled.sum()), "raw": regression_metrics(age[labelled], mean_raw[labelled]),
                    "corrected": regression_metrics(age[labelled], mean_corrected[labelled])}
         write_json(out / "metrics.json", metrics)
+        scatter_predicted_vs_age(age[labelled], mean_raw[labelled], out / "scatter.png", f"{models[0].method} predictions",
+                                 corrected=mean_corrected[labelled] if np.isfinite(mean_corrected[labelled]).all() else None)
         log.info("MAE %.2f (corrected %.2f) on %d scans with age", metrics["raw"]["mae"], metrics["corrected"]["mae"],
                  metrics["n"])
     log.info("wrote %s (%d predicted, %d excluded)", path, len(table), len(exclusions))

@@ -145,7 +145,7 @@ def test_ensemble_predictions_card_qc_and_exclusions(run_root, tmp_path):
     assert len(json.loads((out / "model_card.json").read_text())["models"]) == 2
     assert sorted(p.name for p in (out / "qc").iterdir()) == ["s0.png", "s1.png", "s2.png"]
     assert (out / "predict.log").read_text().count("wrote") == 1
-    assert json.loads((out / "metrics.json").read_text())["n"] == 2
+    assert json.loads((out / "metrics.json").read_text())["n"] == 2 and (out / "scatter.png").exists()
     with pytest.raises(ValueError, match="none of the 1 inputs"):
         predict.main(model_path=str(run_root), inputs=str(broken), output_dir=str(tmp_path / "o2"),
                      cache_dir=str(tmp_path / "cache"))
