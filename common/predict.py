@@ -364,7 +364,7 @@ def predict_frame(models: list[FoldModel], frame: pd.DataFrame, device: torch.de
             features = [_feature_cache(m, cache_dir).get(path) for path in frame["image_path"]]
             pred = m.module.predict_fitted(m.checkpoint["fusion"], model, features)
             raw.append(pred)
-            corrected.append(m.correction.apply(pred, age) if m.correction.needs_age else m.correction.apply(pred))
+            corrected.append(m.correction.apply(pred, age))  # formulas that need no age ignore it
             continue
         net = m.build(device)
         precision = precision_of_run(m.config)
@@ -377,8 +377,7 @@ def predict_frame(models: list[FoldModel], frame: pd.DataFrame, device: torch.de
         else:
             pred = _predict_one(net, frame, device, precision, batch_size)
         raw.append(pred)
-        correction = m.correction
-        corrected.append(correction.apply(pred, age) if correction.needs_age else correction.apply(pred))
+        corrected.append(m.correction.apply(pred, age))
     return {"raw": np.array(raw), "corrected": np.array(corrected),
             "as_male": np.array(as_male) if as_male else None, "as_female": np.array(as_female) if as_female else None}
 
@@ -492,7 +491,8 @@ def _saliency_outputs(values: np.ndarray, volume: np.ndarray, spec: VolumeSpec, 
     plt.close(fig)
 
 
-def _safe_name(participant: str, session: str) -> str:
+def safe_name(participant: str, session: str) -> str:
+    """The file-name stem of a scan's QC and saliency outputs (letters, digits, ``_.-`` only)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{participant}_{session}" if session else participant)
 
 
@@ -602,7 +602,7 @@ def _main(model, inputs, out: Path, fold, method, saliency, cache_dir, device, b
                  correction.formula)
     path = write_csv(out / "predictions.csv", table.round(4))
     for i, row in enumerate(progress(list(usable.itertuples(index=False)), desc="QC", unit="scan")):
-        name = _safe_name(row.participant_id, row.session_id)
+        name = safe_name(row.participant_id, row.session_id)
         volume = _qc_volume(models[0], row, cache_dir)
         scan_id = " ".join(filter(None, (row.participant_id, row.session_id)))
         title = f"{scan_id}: predicted {mean_raw[i]:.1f} y ({models[0].method})"

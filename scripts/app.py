@@ -104,7 +104,7 @@ if result:
             cols[2].info(f"The {formula} bias correction needs the scan's age: enter it above.")
         if row.warnings:
             st.warning(row.warnings)
-        name = webapp.predict._safe_name(row.participant_id, row.session_id)
+        name = webapp.predict.safe_name(row.participant_id, row.session_id)
         qc = result["out_dir"] / "qc" / f"{name}.png"
         if qc.exists():
             st.image(str(qc), caption="what the model saw (brain outline in orange)")
