@@ -302,12 +302,59 @@ NUMERICS_CONFIGS = {
     "avx2-pinned (default)": {},
     "avx2-pinned, oneDNN off": {"BRAINMRI_NO_ONEDNN": "1"},
     "native ISA": {numerics.ISA_ENV: "native"},
+    # MKL's CPU-independent code path: the candidate fix where the AVX2 branch still differs between
+    # CPU vendors (MKL documents its reproducibility modes for Intel CPUs)
+    "avx2-pinned, MKL_CBWR=COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"},
 }
+
+
+def _digest(*tensors) -> str:
+    """First 8 hex digits of the SHA-256 of the tensors' (or arrays') bytes."""
+    import hashlib
+
+    arrays = [t.detach().contiguous().numpy() if isinstance(t, torch.Tensor) else t for t in tensors]
+    return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()[:8]
+
+
+def op_fingerprints() -> dict[str, str]:
+    """Fingerprints of the single kernels fp32 training and preprocessing rest on, each on seeded
+    data, so that two CPU kinds whose training fingerprints differ show which kernel differs (the
+    first op whose digest differs is where the weights part). Same process settings as the training
+    fingerprint. Returns ``{op: 8 hex digits}``."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(7)
+    a, b = torch.randn(257, 259, generator=gen), torch.randn(259, 263, generator=gen)
+    x = torch.randn(2, 8, 20, 20, 20, generator=gen, requires_grad=True)
+    w = torch.randn(16, 8, 3, 3, 3, generator=gen, requires_grad=True)
+    y = F.conv3d(x, w, padding=1)
+    grad_x, grad_w = torch.autograd.grad(y, (x, w), torch.randn(y.shape, generator=gen))
+    v = torch.rand(100_003, generator=gen) + 0.5
+    p = torch.nn.Parameter(torch.randn(1000, generator=gen))
+    p.grad = torch.randn(1000, generator=gen)
+    opt = torch.optim.AdamW([p], lr=3e-4)
+    opt.step()
+    opt.step()
+    rng = np.random.default_rng(7)
+    na, nb = rng.standard_normal((257, 259)), rng.standard_normal((259, 263))
+    return {"matmul": _digest(a @ b),
+            "linear": _digest(F.linear(a, b.T[:64].contiguous())),
+            "conv3d forward": _digest(y),
+            "conv3d backward": _digest(grad_x, grad_w),
+            "batch norm (train)": _digest(F.batch_norm(y, None, None, training=True)),
+            "max pool 3d": _digest(F.max_pool3d(y, 3, 2, 1)),
+            "exp, log, sqrt": _digest(v.exp(), v.log(), v.sqrt()),
+            "sum, mean": _digest(v.sum(), v.mean(), y.sum((2, 3, 4))),
+            "AdamW step": _digest(p),
+            "numpy matmul": _digest(na @ nb),
+            "numpy exp, log": _digest(np.exp(na), np.log(np.abs(na) + 1))}
 
 
 def _fingerprint_worker() -> None:
     """In a fresh process: 5 AdamW steps of the 3D ResNet-18 (48^3, batch 4, seeded synthetic data,
-    fp32, 2 threads); prints the SHA-256 of the resulting weights and the median time of steps 2-5."""
+    fp32, 2 threads); prints the SHA-256 of the resulting weights, the median time of steps 2-5 and
+    :func:`op_fingerprints`."""
     import hashlib
 
     from common.device import configure_numerics
@@ -332,7 +379,7 @@ def _fingerprint_worker() -> None:
     seconds = statistics.median(times[1:])
     digest = hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for t in model.state_dict().values()))
     print(json.dumps({"sha256": digest.hexdigest()[:16], "step_s": seconds,
-                      "cpu_capability": torch.backends.cpu.get_cpu_capability()}))
+                      "cpu_capability": torch.backends.cpu.get_cpu_capability(), "ops": op_fingerprints()}))
 
 
 def bench_numerics(previous: dict | None) -> dict:
@@ -611,6 +658,19 @@ def _md(report: dict) -> str:
                 cells.append(f"`{c['sha256']}` ({c['cpu_capability']}, {c['step_s']:.2f} s/step)" if "sha256" in c
                              else c.get("error", "–"))
             out.append(f"| {key} | {row['commit']} | " + " | ".join(cells) + " |")
+        default = next(iter(NUMERICS_CONFIGS))
+        kinds = {k: r["configs"].get(default, {}).get("ops") for k, r in report["numerics"]["machines"].items()}
+        kinds = {k: ops for k, ops in kinds.items() if ops}
+        if kinds:
+            names = list(next(iter(kinds.values())))
+            out += ["", f"Per kernel, under {default}: the first 8 hex digits of the SHA-256 of each op's output on "
+                    "seeded data (`op_fingerprints`). Where two CPU kinds' training fingerprints differ, the ops whose "
+                    "digests differ are the cause (* marks a digest that differs from the first row's).", "",
+                    "| CPU | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+            first = next(iter(kinds.values()))
+            for key, ops in kinds.items():
+                out.append(f"| {key} | " + " | ".join(f"`{ops.get(n, '–')}`" + ("*" if ops.get(n) != first.get(n) else "")
+                                                      for n in names) + " |")
         out.append("")
     if "precision" in report:
         pr = report["precision"]

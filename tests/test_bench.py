@@ -96,3 +96,5 @@ def test_numerics_fingerprint_is_reproducible_and_kept_per_machine(tmp_path, mon
     (mine,) = [k for k in again["machines"]]
     fp = first["machines"][mine]["configs"]["avx2-pinned (default)"]
     assert fp["sha256"] == again["machines"][mine]["configs"]["avx2-pinned (default)"]["sha256"], "deterministic"
+    assert fp["ops"] == again["machines"][mine]["configs"]["avx2-pinned (default)"]["ops"], "per-op digests deterministic"
+    assert {"matmul", "conv3d backward", "AdamW step", "numpy matmul"} <= set(fp["ops"])
