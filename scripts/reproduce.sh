@@ -126,6 +126,9 @@ printf 'total\t%s\t\t\n' "$((SECONDS - job_start))" >> "$STEPS_TSV"
 report
 echo "[reproduce] wall time $(( (SECONDS - job_start) / 60 )) min; per step: results/BENCHMARKS.md"
 python scripts/make_leaderboard.py
+# Where each method's validation curve flattens (the evidence for its epoch count; validation data only).
+python scripts/validation_curves.py --run_name="$CV_RUN_NAME" > "$LOG_DIR/validation_curves.log" 2>&1 \
+  || echo "[reproduce] validation curves not written; see $LOG_DIR/validation_curves.log" >&2
 if (( ${#failed[@]} )); then
   echo "[reproduce] failed: ${failed[*]}" >&2
   exit 1
