@@ -92,20 +92,39 @@ def cached_images(frame: pd.DataFrame, size: int, cache_dir: str | Path) -> np.n
     return np.load(out, mmap_mode="r")
 
 
-def source_augmentation() -> v2.Transform:
-    """The source's training augmentation for the transfer models, with torchvision transforms v2.
+class RandomSoftening(v2.Transform):
+    """kornia's ``RandomSharpness`` at its default strength: the image blended with its 3x3-smoothed
+    version by a factor drawn uniformly from (0, ``max_factor``) per image, with PIL's convention
+    (factor 0: the smoothed image, 1: unchanged), through torchvision's ``adjust_sharpness``. So
+    with the default 0.5 it always softens (by 50-100%). Shapes: (C, H, W) uint8 or float -> same."""
 
-    Affine (rotation up to 5 degrees, translation up to 10%, scale 0.75-1.05), perspective,
-    horizontal and vertical flips, Gaussian blur and sharpness. The probabilities are in
-    alz_cnn/README.md ("Deviations").
+    def __init__(self, max_factor: float = 0.5):
+        super().__init__()
+        self.max_factor = float(max_factor)
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"factor": float(torch.empty(()).uniform_(0.0, self.max_factor))}
+
+    def transform(self, inpt, params: dict):
+        return v2.functional.adjust_sharpness(inpt, params["factor"])
+
+
+def source_augmentation() -> v2.Transform:
+    """The source's training augmentation of the transfer models (notebook cell 21, kornia
+    ``AugmentationSequential``), with torchvision transforms v2, each step with the source's
+    probability: affine (rotation up to 5 degrees, translation up to 10%, scale 0.75-1.05) p=0.1,
+    perspective (distortion 0.1) p=0.1, horizontal flip p=0.1, vertical flip p=0.1, Gaussian blur
+    (kernel 5x9, sigma 1e-4 to 0.5) p=0.4, sharpness (kornia default strength 0.5, see
+    :class:`RandomSoftening`) p=0.1. The source applies it per batch on the GPU to float images;
+    here per image to the cached uint8 images (alz_cnn/README.md, "Deviations").
     """
     return v2.Compose([
-        v2.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.75, 1.05)),
-        v2.RandomPerspective(distortion_scale=0.2, p=0.3),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomVerticalFlip(p=0.5),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=3, sigma=(0.1, 1.0))], p=0.2),
-        v2.RandomAdjustSharpness(sharpness_factor=2.0, p=0.3),
+        v2.RandomApply([v2.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.75, 1.05))], p=0.1),
+        v2.RandomPerspective(distortion_scale=0.1, p=0.1),
+        v2.RandomHorizontalFlip(p=0.1),
+        v2.RandomVerticalFlip(p=0.1),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=(5, 9), sigma=(1e-4, 0.5))], p=0.4),
+        v2.RandomApply([RandomSoftening(0.5)], p=0.1),
     ])
 
 

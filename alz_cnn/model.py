@@ -60,13 +60,19 @@ class AltzCNN(nn.Module):
 
 
 class DoRALinear(nn.Module):
-    """A linear layer adapted with DoRA (weight-decomposed low-rank adaptation).
+    """A linear layer adapted with DoRA (weight-decomposed low-rank adaptation), as the source's
+    ``LowRankLayer`` (notebook cell 29) defines it.
 
-    ``W' = m * (W0 + s * B A) / ||W0 + s * B A||_c`` with the column-wise norm ``||.||_c`` taken per
-    output unit (row of the PyTorch weight), magnitude ``m`` initialised to ``||W0||_c``, ``A``
-    Kaiming-uniform, ``B`` zero and ``s = alpha / rank``, so the layer equals the wrapped linear layer
-    at initialisation (Liu et al. 2024, eq. 5). ``W0`` and the bias stay trainable here, as the
-    source trains the whole network ("backbone trainable").
+    ``W' = m * (W0 + alpha * (A B)^T) / ||W0 + alpha * (A B)^T||_0`` where ``||.||_0`` is the L2 norm
+    over dim 0 of the (out_features, in_features) weight, i.e. one norm per *input* feature; the
+    magnitude ``m`` has shape (1, in_features) and starts at ``||W0||_0``; ``A`` (in_features, rank)
+    is drawn from N(0, 1/rank), ``B`` (rank, out_features) is zero, and ``alpha`` is used as given
+    (the source does not divide it by the rank). So the layer equals the wrapped one at
+    initialisation and adds ``in*rank + rank*out + in`` parameters (EfficientNet-B0's 1280 -> 4 head:
+    6,416; ResNet-50's 2048 -> 4: 10,256, the differences of the source's printed parameter counts).
+    ``W0`` and the bias stay trainable, as in the source, which trains the whole network. Liu et al.
+    2024 (eq. 5) normalise per output unit and scale the update by alpha/rank; the source's choice is
+    kept here.
 
     Shapes: (..., in_features) -> (..., out_features).
     """
@@ -77,17 +83,15 @@ class DoRALinear(nn.Module):
             raise ValueError(f"DoRA rank must be >= 1, got {rank}")
         self.weight = nn.Parameter(base.weight.detach().clone())
         self.bias = nn.Parameter(base.bias.detach().clone()) if base.bias is not None else None
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-        self.magnitude = nn.Parameter(self.weight.detach().norm(dim=1, keepdim=True))
-        self.scale = alpha / rank
-        self.rank, self.alpha = rank, alpha
+        self.lora_a = nn.Parameter(torch.randn(base.in_features, rank) / math.sqrt(rank))
+        self.lora_b = nn.Parameter(torch.zeros(rank, base.out_features))
+        self.magnitude = nn.Parameter(self.weight.detach().norm(dim=0, keepdim=True))
+        self.rank, self.alpha = rank, float(alpha)
 
     def adapted_weight(self) -> torch.Tensor:
-        """The effective (out_features, in_features) weight ``m * V / ||V||``."""
-        direction = self.weight + self.scale * self.lora_b @ self.lora_a
-        return self.magnitude * direction / direction.norm(dim=1, keepdim=True)
+        """The effective (out_features, in_features) weight ``m * V / ||V||_0``."""
+        direction = self.weight + self.alpha * (self.lora_a @ self.lora_b).T
+        return self.magnitude * direction / direction.norm(dim=0, keepdim=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.adapted_weight(), self.bias)

@@ -28,11 +28,19 @@ def test_altzcnn_has_the_source_parameter_count_and_size():
 
 
 @pytest.mark.parametrize("arch, dora, size_mb", [("resnet50", False, 89.91), ("efficientnet_b0", False, 15.47),
-                                                  ("efficientnet_b0", True, 15.49)])
+                                                  ("efficientnet_b0", True, 15.49), ("resnet50", True, 89.95)])
 def test_transfer_models_match_the_source_sizes(arch, dora, size_mb):
     model, provenance = build_transfer_model(arch, 4, dora=dora)
     assert round(model_size_mb(model), 2) == pytest.approx(size_mb, abs=0.011)
     assert "random initialisation" in provenance
+
+
+@pytest.mark.parametrize("arch, added", [("efficientnet_b0", 6_416), ("resnet50", 10_256)])
+def test_dora_head_adds_the_source_parameter_count(arch, added):
+    """The differences of the source's printed parameter counts (notebook cells 33 and 37)."""
+    plain, _ = build_transfer_model(arch, 4)
+    adapted, _ = build_transfer_model(arch, 4, dora=True)
+    assert count_parameters(adapted) - count_parameters(plain) == added
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -75,8 +83,8 @@ def test_dora_starts_as_the_linear_head_and_trains():
     dora = DoRALinear(base, rank=4, alpha=8)
     x = torch.randn(8, 16)
     assert torch.allclose(dora(x), base(x), atol=1e-6), "DoRA equals the wrapped layer at initialisation"
-    assert dora.scale == 2.0 and dora.magnitude.shape == (4, 1)
-    assert count_parameters(dora) == count_parameters(base) + 4 + 4 * 16 + 4 * 4
+    assert dora.alpha == 8.0 and dora.magnitude.shape == (1, 16), "the source: one magnitude per input feature"
+    assert count_parameters(dora) == count_parameters(base) + 16 * 4 + 4 * 4 + 16
     y = torch.randint(0, 4, (8,))
     opt = torch.optim.SGD(dora.parameters(), lr=0.5)
     losses = []
@@ -192,3 +200,54 @@ def test_tiny_end_to_end_run(tmp_path):
     text = readme.read_text()
     assert "| AltzCNN | cpu: 64 px, 1 ep | 6,012,164 | 22.93 |" in text
     assert (tmp_path / "fig" / "confusion_altzcnn.png").exists() and (tmp_path / "fig" / "near_duplicates.png").exists()
+
+
+def test_paper_profile_is_the_notebook():
+    """Settings read from the source notebook (cells 11-13, 21, 25, 31-39; alz_cnn/README.md)."""
+    from alz_cnn.train import HYPERPARAMETERS
+
+    paper = {name: HYPERPARAMETERS[name]["paper"] for name in HYPERPARAMETERS}
+    expected = {"altzcnn": (3e-4, 21), "efficientnet_b0": (1e-3, 16), "efficientnet_b0_dora": (2e-4, 11),
+                "resnet50": (1e-4, 11), "resnet50_dora": (2e-4, 11), "vit_b_16": (1e-4, 11)}
+    for name, (lr, epochs) in expected.items():
+        assert (paper[name]["lr"], paper[name]["epochs"]) == (lr, epochs), name
+        assert paper[name]["checkpoint"] == "last", "the source tests the model after its last epoch"
+        assert paper[name]["augment"] is (name != "altzcnn"), "AltzCNN trains without augmentation"
+    for name in ("altzcnn", "efficientnet_b0", "resnet50_dora"):
+        assert (paper[name]["image_size"], paper[name]["batch_size"], paper[name]["normalize"]) == (64, 128, False)
+    assert (paper["vit_b_16"]["image_size"], paper["vit_b_16"]["batch_size"], paper["vit_b_16"]["normalize"]) == (224, 64, True)
+
+
+def test_source_augmentation_probabilities():
+    """Each step of the notebook's kornia pipeline (cell 21) with its own probability."""
+    from torchvision.transforms import v2
+
+    from alz_cnn.data import RandomSoftening, source_augmentation
+
+    steps = source_augmentation().transforms
+    probs = [t.p for t in steps]
+    assert probs == [0.1, 0.1, 0.1, 0.1, 0.4, 0.1]
+    assert isinstance(steps[0].transforms[0], v2.RandomAffine) and steps[0].transforms[0].degrees == [-5.0, 5.0]
+    assert steps[1].distortion_scale == 0.1 and list(steps[4].transforms[0].kernel_size) == [5, 9]
+    soft = RandomSoftening(0.5)
+    torch.manual_seed(0)
+    x = (torch.rand(3, 16, 16) * 255).to(torch.uint8)
+    y = soft(x)
+    assert y.shape == x.shape and y.dtype == torch.uint8 and not torch.equal(x, y), "factor < 1 always softens"
+
+
+def test_paper_profile_tests_the_last_epoch(tmp_path, monkeypatch):
+    from alz_cnn import train as alz
+    from common.training import load_checkpoint
+
+    loaded = []
+    monkeypatch.setattr(alz, "load_checkpoint",
+                        lambda path, method: loaded.append(Path(path).name) or load_checkpoint(path, method))
+    _write_folder(tmp_path / "data" / "alzheimer4", per_class=4)
+    run_dir = Path(alz.train(model="altzcnn", profile="paper", epochs=2, data_root=str(tmp_path / "data"), run_name="p",
+                             runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
+                             cache_dir=str(tmp_path / "cache"), val_fraction=0.25, publish=False, device="cpu"))
+    assert json.loads((run_dir / "usage.json").read_text())["checkpoint_tested"] == "last"
+    last = load_checkpoint(run_dir / "last.pt", "alz_altzcnn")
+    assert last["epoch"] == 1, "both epochs ran and last.pt is the final one"
+    assert loaded == ["last.pt"], "the test split is predicted by the last epoch's model"
