@@ -222,8 +222,9 @@ def brain_age_section(dataset: str, docs: list[dict], results_dir: Path) -> list
                      f"{_f(val.get('raw_mae'))} → {_f(val.get('corrected_mae_leave_one_out'))}",
                      f"{_f(raw['spearman_gap_age'])} → {_f(cor['spearman_gap_age'])}", *_tail(d)])
     out = [f"### Brain age on {dataset}: {n} subjects, each predicted once out-of-fold (5-fold cross-validation)", "",
-           "Ranked by pooled MAE (years); rank 1 in bold. A row ranks below another only when the paired 95% CI of "
-           "their MAE difference excludes 0. Corrected MAE: the method's source formula, fitted on each fold's "
+           "Listed by pooled MAE (years). Rank = 1 + the number of rows whose paired 95% CI of the MAE difference "
+           "shows them better, so rows are separated only by real differences (a row can rank above one listed "
+           "before it, and ranks can skip); rank 1 in bold. Corrected MAE: the method's source formula, fitted on each fold's "
            "validation split; validation column: mean validation MAE over folds, raw and corrected by a "
            "leave-one-out fit on the other validation subjects (does the correction help, without test data).", "",
            _table(columns, rows), "", "MAE by age band (raw, years):", ""]
