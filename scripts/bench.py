@@ -308,12 +308,12 @@ NUMERICS_CONFIGS = {
 }
 
 
-def _digest(*tensors) -> str:
-    """First 8 hex digits of the SHA-256 of the tensors' (or arrays') bytes."""
+def _digest(*tensors, digits: int = 8) -> str:
+    """First ``digits`` hex digits of the SHA-256 of the tensors' (or arrays') bytes."""
     import hashlib
 
     arrays = [t.detach().contiguous().numpy() if isinstance(t, torch.Tensor) else t for t in tensors]
-    return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()[:8]
+    return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()[:digits]
 
 
 def op_fingerprints() -> dict[str, str]:
@@ -355,8 +355,6 @@ def _fingerprint_worker() -> None:
     """In a fresh process: 5 AdamW steps of the 3D ResNet-18 (48^3, batch 4, seeded synthetic data,
     fp32, 2 threads); prints the SHA-256 of the resulting weights, the median time of steps 2-5 and
     :func:`op_fingerprints`."""
-    import hashlib
-
     from common.device import configure_numerics
     from resnet3d.model import BrainAgeResNet3D
 
@@ -377,8 +375,7 @@ def _fingerprint_worker() -> None:
         opt.step()
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times[1:])
-    digest = hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for t in model.state_dict().values()))
-    print(json.dumps({"sha256": digest.hexdigest()[:16], "step_s": seconds,
+    print(json.dumps({"sha256": _digest(*model.state_dict().values(), digits=16), "step_s": seconds,
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(), "ops": op_fingerprints()}))
 
 
