@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 import torch
-from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
+from monai.transforms import RandFlip, RandScaleIntensity, RandShiftIntensity
 
 from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained_run, train_brain_age
 from common.cli import declare_profiles
 from common.cli import run as run_cli
 from common.cv import cross_validated
+from common.data.augment import acquisition_augmentation, seeded
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import int_tuple, publication, resolve_profile
@@ -48,20 +49,22 @@ CORRECTION = "age_on_pred"
 PROFILES = {
     "paper": dict(image_size=96, spacing_mm=2.0, epochs=100, batch_size=2, lr=1e-5, weight_decay=1e-4,
                   warmup_epochs=5, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp_dtype="fp16",
-                  init_bias_to_mean=False, precise_bn=False, flip_axes="0,1,2", pipeline="monai"),
+                  init_bias_to_mean=False, precise_bn=False, flip_axes="0,1,2", pipeline="monai", smooth_fwhm_mm=0.0,
+                  acq_augment=0.0),
     "cpu": dict(image_size=48, spacing_mm=4.0, epochs=16, batch_size=4, lr=3e-4, weight_decay=1e-4,
                 warmup_epochs=1, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp_dtype="fp32",
-                init_bias_to_mean=True, precise_bn=True, flip_axes="0", pipeline="mni_brain"),
+                init_bias_to_mean=True, precise_bn=True, flip_axes="0", pipeline="mni_brain", smooth_fwhm_mm=0.0,
+                acq_augment=0.0),
 }
 
 
-def _augmentation(seed: int, flip_axes: tuple[int, ...] = (0, 1, 2)) -> Compose:
+def _augmentation(seed: int, flip_axes: tuple[int, ...] = (0, 1, 2), acq_augment: float = 0.0, spacing_mm: float = 2.0):
     """Source augmentation: flips along each axis of ``flip_axes`` (p=0.5 each; RAS order, so axis 0
-    is left-right), intensity scale and shift 0.1 (p=0.5 each)."""
+    is left-right), intensity scale and shift 0.1 (p=0.5 each); then, with ``acq_augment`` > 0, the
+    shared acquisition augmentation (blur, noise, small affine; :mod:`common.data.augment`)."""
     flips = [RandFlip(prob=0.5, spatial_axis=a) for a in flip_axes]
-    aug = Compose([*flips, RandScaleIntensity(factors=0.1, prob=0.5), RandShiftIntensity(offsets=0.1, prob=0.5)])
-    aug.set_random_state(seed=seed)
-    return aug
+    return seeded([*flips, RandScaleIntensity(factors=0.1, prob=0.5), RandShiftIntensity(offsets=0.1, prob=0.5),
+                   *acquisition_augmentation(acq_augment, spacing_mm)], seed)
 
 
 def _warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup: int, min_lr: float):
@@ -82,8 +85,8 @@ def model_from_checkpoint(ckpt: dict) -> BrainAgeResNet3D:
     return BrainAgeResNet3D(dropout=ckpt["model_args"]["dropout"], widths=tuple(ckpt["model_args"]["widths"]))
 
 
-#: The leakage check's row: the same model trained on permuted training ages (issue: evaluation protocol v2).
-PERMUTED_METHOD, PERMUTED_LABEL = "resnet3d_permuted_ages", "3D ResNet-18, permuted training ages (leakage check)"
+#: The leakage check's row: the same model trained and validated on permuted ages (issue: evaluation protocol v2).
+PERMUTED_METHOD, PERMUTED_LABEL = "resnet3d_permuted_ages", "3D ResNet-18, permuted ages (leakage check)"
 
 
 def _method(permuted_ages: bool) -> str:
@@ -97,7 +100,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
           huber_delta: float | None = None, dropout: float | None = None, grad_clip: float | None = None,
           image_size: int | None = None, spacing_mm: float | None = None, amp_dtype: str | None = None,
           init_bias_to_mean: bool | None = None, precise_bn: bool | None = None, flip_axes: str | None = None,
-          pipeline: str | None = None, widths: str = "64,128,256,512", seed: int = 42,
+          pipeline: str | None = None, smooth_fwhm_mm: float | None = None, acq_augment: float | None = None,
+          widths: str = "64,128,256,512", seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
           results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
           resume: bool = False, publish: bool = True, fold: int | str = "all", permuted_ages: bool = False) -> str:
@@ -131,6 +135,10 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         pipeline: preprocessing: ``monai`` (the source's: skull on, reorient, resample, centred crop)
             or ``mni_brain`` (the shared one: brain extraction, N4, affine to the MNI152 brain;
             common/data/standardize.py).
+        smooth_fwhm_mm: ``mni_brain`` only: Gaussian smoothing inside the brain (FWHM, mm) on the 2 mm
+            MNI grid, one effective resolution for scans acquired at 1-3 mm; 0 = none.
+        acq_augment: probability of each acquisition augmentation (blur, noise, small affine;
+            common/data/augment.py) in training; 0 = off (the source has none).
         widths: channels of the four ResNet stages, comma-separated.
         seed: random seed.
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda``...
@@ -144,7 +152,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         fold: outer cross-validation fold to run (0..4), or ``all``: every fold, then the pooled
             out-of-fold result (common/cv.py).
         permuted_ages: the leakage check: train on the training ages shuffled among the training
-            subjects (seeded; validation and test keep true ages), as method ``resnet3d_permuted_ages``.
+            subjects and choose the epoch and the bias correction on the validation ages shuffled among
+            the validation subjects (seeded; test keeps true ages), as method ``resnet3d_permuted_ages``.
             Such a model has nothing to learn, so it must score like the mean-age predictor.
 
     Returns:
@@ -156,12 +165,14 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         image_size=image_size, spacing_mm=spacing_mm, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr, huber_delta=huber_delta,
         dropout=dropout, grad_clip=grad_clip, amp_dtype=amp_dtype, init_bias_to_mean=init_bias_to_mean,
-        precise_bn=precise_bn, flip_axes=flip_axes, pipeline=pipeline)
+        precise_bn=precise_bn, flip_axes=flip_axes, pipeline=pipeline, smooth_fwhm_mm=smooth_fwhm_mm,
+        acq_augment=acq_augment)
     hp = resolve_profile(PROFILES, profile, overrides)
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     hp["flip_axes"] = ",".join(str(a) for a in int_tuple(hp["flip_axes"]))
     hp["widths"] = list(int_tuple(widths))
-    spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3, pipeline=hp["pipeline"])
+    spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3, pipeline=hp["pipeline"],
+                      smooth_fwhm_mm=float(hp["smooth_fwhm_mm"]))
 
     def build(train_frame) -> RegressorSetup:
         train_mean = float(train_frame["age"].mean())
@@ -172,7 +183,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
             model=model, optimizer=optimizer,
             scheduler=_warmup_cosine(optimizer, hp["epochs"], hp["warmup_epochs"], hp["min_lr"]),
             loss_fn=torch.nn.HuberLoss(delta=hp["huber_delta"]),
-            augment=functools.partial(_augmentation, flip_axes=int_tuple(hp["flip_axes"])),
+            augment=functools.partial(_augmentation, flip_axes=int_tuple(hp["flip_axes"]), acq_augment=hp["acq_augment"],
+                                      spacing_mm=float(hp["spacing_mm"])),
             checkpoint_meta={"model_args": {"dropout": hp["dropout"], "widths": hp["widths"]}})
 
     run_dir, frame, fit, t0 = train_brain_age(
@@ -202,15 +214,17 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     report, frame, cfg, model = evaluate_brain_age(run_dir, method, model_from_checkpoint, device, _frame,
                                                       correction_formula=CORRECTION)
     if publish:
-        params = {k: cfg[k] for k in PROFILES["paper"]} | {"widths": cfg["widths"], "seed": cfg["seed"]}
+        params = {k: cfg.get(k) for k in PROFILES["paper"]} | {"widths": cfg["widths"], "seed": cfg["seed"]}
         notes = [] if cfg["profile"] == "paper" else [
             f"cpu profile: {cfg['image_size']}^3 at {cfg['spacing_mm']} mm, {cfg['epochs']} epochs, batch "
             f"{cfg['batch_size']}, lr {cfg['lr']}, output bias initialised to the training mean age, "
             f"precise BatchNorm statistics, flips along axes {cfg['flip_axes']} only, preprocessing "
-            f"{cfg.get('pipeline', 'monai')}"]
+            f"{cfg.get('pipeline', 'monai')}"
+            + (f", smoothed to {cfg['smooth_fwhm_mm']:g} mm FWHM" if cfg.get("smooth_fwhm_mm") else "")
+            + (f", acquisition augmentation p={cfg['acq_augment']:g}" if cfg.get("acq_augment") else "")]
         if method == PERMUTED_METHOD:
-            notes.append("leakage check: trained on the training ages permuted among the training subjects (seed "
-                         f"{cfg['seed']}); validation and test ages are true; it should score like the mean-age predictor")
+            notes.append("leakage check: training and validation ages permuted within each split (seed "
+                         f"{cfg['seed']}); test ages are true; it should score like the mean-age predictor")
         publish_trained_run(cfg, frame, report, model, run_dir, method=method,
                             method_label=PERMUTED_LABEL if method == PERMUTED_METHOD else METHOD_LABEL,
                             source=SOURCE, source_reported=None if method == PERMUTED_METHOD else SOURCE_REPORTED, params=params,

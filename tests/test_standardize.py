@@ -105,3 +105,38 @@ def test_method_grid_shapes_and_brain_zscore():
         assert abs(out[0][inside].mean()) < 1e-3 and out[0][inside].std() == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match="2 mm"):
         to_method_grid(standard, (182, 218, 182), (1.0,) * 3)
+
+
+def test_smoothing_inside_the_brain_keeps_its_edge_and_equalises_resolution():
+    from common.data.standardize import smooth_inside_brain
+
+    rng = np.random.default_rng(1)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in (40, 40, 40)], indexing="ij"))
+    mask = (grid ** 2).sum(0) < 0.6
+    flat = np.where(mask, 100.0, 0.0).astype(np.float32)
+    smoothed = smooth_inside_brain(flat, mask, 6.0)
+    assert np.allclose(smoothed[mask], 100.0, rtol=1e-4), "normalised convolution: no darkened brain edge"
+    assert (smoothed[~mask] == 0).all() and smoothed.dtype == np.float32
+    assert smooth_inside_brain(flat, mask, 0.0) is not flat and np.array_equal(smooth_inside_brain(flat, mask, 0.0), flat)
+    # the same texture at two resolutions differs much less after a kernel wider than both
+    texture = np.where(mask, 100 + 20 * rng.standard_normal(mask.shape), 0).astype(np.float32)
+    sharp, blurred = texture, smooth_inside_brain(texture, mask, 4.0)  # as acquired at about 4 mm
+
+    def gap(a, b):
+        return float(np.abs(a[mask] - b[mask]).mean())
+
+    assert gap(smooth_inside_brain(sharp, mask, 8.0), smooth_inside_brain(blurred, mask, 8.0)) < 0.3 * gap(sharp, blurred)
+    with pytest.raises(ValueError, match="negative"):
+        smooth_inside_brain(flat, mask, -1.0)
+
+
+def test_smoothing_is_part_of_the_spec_and_only_for_the_shared_pipeline(tmp_path):
+    from common.data.preprocess import VolumeSpec, preprocess_volume
+
+    plain = VolumeSpec(shape=(48,) * 3, spacing_mm=(4.0,) * 3, pipeline="mni_brain")
+    smooth = VolumeSpec(shape=(48,) * 3, spacing_mm=(4.0,) * 3, pipeline="mni_brain", smooth_fwhm_mm=6.0)
+    assert "smooth_fwhm_mm" not in plain.to_dict(), "specs without smoothing keep their earlier cache keys"
+    assert plain.key() != smooth.key() and VolumeSpec.from_dict(smooth.to_dict()) == smooth
+    assert VolumeSpec.from_dict(plain.to_dict()) == plain
+    with pytest.raises(ValueError, match="shared pipeline"):
+        preprocess_volume(str(tmp_path / "x.nii.gz"), VolumeSpec(pipeline="monai", smooth_fwhm_mm=6.0))

@@ -300,7 +300,7 @@ def test_stage1_with_a_dead_output_is_retrained_with_the_next_seed(monkeypatch, 
                 runs_dir="runs", results_dir="results", cache_dir=str(tmp_path), data_root=None, max_per_split=None,
                 resume=False)
     run_dir, _, _, t0 = tsan.train_stage1_alive(**args)
-    assert calls == [("r", 42), ("r", 43)] and run_dir == tmp_path / "r" / "fold0" and t0 == 101.0
+    assert calls == [("r", 42), ("r", 42 + tsan.RETRY_SEED_STRIDE)] and run_dir == tmp_path / "r" / "fold0" and t0 == 101.0
     assert (tmp_path / "r" / "fold0.dead-seed42").is_dir(), "the dead run is kept beside, the same folder retrained"
     shutil.rmtree(tmp_path / "r")
     monkeypatch.setattr(tsan, "constant_output", lambda run_dir, rows, device: True)

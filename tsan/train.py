@@ -29,6 +29,7 @@ from common.brain_age import RegressorSetup, evaluate_brain_age, publish_trained
 from common.cli import declare_profiles
 from common.cli import run as run_cli
 from common.cv import cross_validated
+from common.data.augment import acquisition_augmentation, seeded
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile, select_device
 from common.experiment import default_run_name, publication, resolve_profile, run_folder
@@ -67,7 +68,8 @@ PROFILES = {
     "paper": dict(registration="mni_brain_syn", use_dataset_mask=False, downsample=1, nb_filter=8, nb_block=5,
                   batch_size=32, stage2_batch_size=32, epochs=150, stage2_epochs=150, lr=1e-3, stage2_lr=1e-5,
                   weight_decay=5e-4, lbd=10.0, beta=1.0, dis_range=5.0, lr_patience=5, lr_factor=0.5,
-                  early_stopping=20, grad_clip=None, amp_dtype="fp32", precise_bn=False, oof_folds=5, **_SOURCE_SORTER),
+                  early_stopping=20, grad_clip=None, amp_dtype="fp32", precise_bn=False, oof_folds=5, smooth_fwhm_mm=0.0,
+                  acq_augment=0.0, **_SOURCE_SORTER),
 }
 PROFILES["cpu"] = dict(PROFILES["paper"], registration="mni_brain", downsample=2, nb_filter=4, batch_size=8,
                        stage2_batch_size=8, epochs=12, stage2_epochs=6, oof_folds=2, sorter_hidden=128, sorter_steps=600,
@@ -80,7 +82,19 @@ UNKNOWN_SEX = (lambda frame: ~frame["sex"].isin(["M", "F"]), "sex unknown: TSAN 
 
 def _spec(hp: dict) -> VolumeSpec:
     return VolumeSpec(shape=(91, 109, 91), spacing_mm=(2.0, 2.0, 2.0), pipeline=hp["registration"],
-                      apply_mask=bool(hp["use_dataset_mask"]), intensity="zscore_nonzero")
+                      apply_mask=bool(hp["use_dataset_mask"]), intensity="zscore_nonzero",
+                      smooth_fwhm_mm=float(hp.get("smooth_fwhm_mm", 0.0)))
+
+
+def _augment(hp: dict):
+    """Training augmentation factory ``seed -> transform``: none in the source; with ``acq_augment`` > 0
+    the shared acquisition augmentation on the 2 mm input (common/data/augment.py)."""
+    prob = float(hp.get("acq_augment", 0.0))
+    return functools.partial(_seeded_acquisition, prob) if prob > 0 else None
+
+
+def _seeded_acquisition(prob: float, seed: int):
+    return seeded(acquisition_augmentation(prob, 2.0), seed)
 
 
 #: The source's sorters: stage 1 loads a tied-rank one, stage 2 a non-tied one (bash_train_*_stage.sh).
@@ -161,7 +175,7 @@ def _stage1_build(hp: dict, cache_dir: str) -> Callable[[pd.DataFrame], Regresso
         model.apply(init_weights)
         optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=True)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
-        return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=None,
+        return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=_augment(hp),
                               checkpoint_meta={"model_args": args, "sorter": sorter_report})
 
     return build
@@ -173,6 +187,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
                       lbd: float | None = None, nb_filter: int | None = None, nb_block: int | None = None,
                       downsample: int | None = None,
                       registration: str | None = None, use_dataset_mask: bool | None = None,
+                      smooth_fwhm_mm: float | None = None, acq_augment: float | None = None,
                       amp_dtype: str | None = None, seed: int = 42,
                       device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
                       results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
@@ -194,6 +209,11 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
         use_dataset_mask: with ``ants_*`` or ``monai``: skull-strip with the dataset's brain mask
             (IXI-HH DLMUSE labels, ds000228 analysis masks) before registration; False: the template
             brain mask after registration. The ``mni_brain*`` pipelines extract the brain themselves.
+        smooth_fwhm_mm: ``mni_brain*`` only: Gaussian smoothing inside the brain (FWHM, mm), one
+            effective resolution for scans acquired at 1-3 mm; 0 = none (the source).
+        acq_augment: probability of each acquisition augmentation (blur, noise, small affine;
+            common/data/augment.py) in training; 0 = off (the source has none). Stage 2 takes both
+            from its first stage.
         amp_dtype: training precision: ``fp32`` (both profiles; the source trains in fp32), ``bf16``
             (autocast; fast only on CPUs with native bf16 or on GPUs) or ``fp16`` (CUDA only).
         seed: random seed.
@@ -213,7 +233,8 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
     profile = profile or default_profile()
     overrides = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lbd=lbd, nb_filter=nb_filter, nb_block=nb_block, downsample=downsample,
-        registration=registration, use_dataset_mask=use_dataset_mask, amp_dtype=amp_dtype)
+        registration=registration, use_dataset_mask=use_dataset_mask, smooth_fwhm_mm=smooth_fwhm_mm,
+        acq_augment=acq_augment, amp_dtype=amp_dtype)
     hp = resolve_profile(PROFILES, profile, overrides)
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     if resume and not run_name:
@@ -230,6 +251,9 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
 
 #: Seeds tried by :func:`train_stage1_alive` before giving up.
 STAGE1_ATTEMPTS = 3
+#: A retry's seed is ``seed + attempt * RETRY_SEED_STRIDE``: far from the neighbouring seeds a seed study
+#: (scripts/noise_floor.py) trains, so a retried seed 42 is never the same model as seed 43.
+RETRY_SEED_STRIDE = 1000
 
 
 def load_best(run_dir: str | Path, device: str) -> tuple[torch.nn.Module, dict, torch.device]:
@@ -261,29 +285,30 @@ def train_stage1_alive(*, method: str, dataset: str, profile: str, hp: dict, see
                        runs_dir: str, results_dir: str, cache_dir: str, data_root: str | None,
                        max_per_split: int | None, resume: bool, fold: int = 0,
                        annotate=None) -> tuple[Path, pd.DataFrame, dict, float]:
-    """:func:`train_brain_age` for stage 1, retried with the next seed (at most :data:`STAGE1_ATTEMPTS`
-    seeds) when the trained network's output is dead (:func:`constant_output` on the validation rows),
-    with a warning; the dead run is kept beside, as ``<run folder>.dead-seed<s>``, and the wall time
-    counts every attempt.
+    """:func:`train_brain_age` for stage 1, retried with another seed (``seed + attempt *``
+    :data:`RETRY_SEED_STRIDE`, at most :data:`STAGE1_ATTEMPTS` seeds) when the trained network's output
+    is dead (:func:`constant_output` on the validation rows), with a warning; the dead run is kept
+    beside, as ``<run folder>.dead-seed<s>``, and the wall time counts every attempt.
 
     Raises:
         RuntimeError: the output died with every seed.
     """
     t_first = None
-    for attempt in range(STAGE1_ATTEMPTS):
+    seeds = [seed + attempt * RETRY_SEED_STRIDE for attempt in range(STAGE1_ATTEMPTS)]
+    for attempt, attempt_seed in enumerate(seeds):
         run_dir, frame, fit, t0 = train_brain_age(
             method=method, dataset=dataset, profile=profile, hp=hp, spec=_spec(hp), build=_stage1_build(hp, cache_dir),
-            seed=seed + attempt, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir,
+            seed=attempt_seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir,
             cache_dir=cache_dir, data_root=data_root, max_per_split=max_per_split, resume=resume and attempt == 0,
             fold=fold, early_stopping_patience=hp["early_stopping"], exclude=UNKNOWN_SEX, annotate=annotate)
         t_first = t0 if t_first is None else t_first
         if not constant_output(run_dir, frame[frame["split"] == "val"], device):
             return run_dir, frame, fit, t_first
-        dead = run_dir.with_name(f"{run_dir.name}.dead-seed{seed + attempt}")
+        dead = run_dir.with_name(f"{run_dir.name}.dead-seed{attempt_seed}")
         run_dir.rename(dead)
         log.warning("stage 1 predicts one constant age for every validation subject (dead ReLU output; kept in %s); "
-                    "retraining with seed %d", dead, seed + attempt + 1)
-    raise RuntimeError(f"stage 1 output died with seeds {seed}..{seed + STAGE1_ATTEMPTS - 1}; see {run_dir}")
+                    "retraining with seed %d", dead, attempt_seed + RETRY_SEED_STRIDE)
+    raise RuntimeError(f"stage 1 output died with seeds {', '.join(map(str, seeds))}; see {run_dir}")
 
 
 def write_registration_qc(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
@@ -373,6 +398,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
     profile = profile or first_cfg["profile"]
     hp = resolve_profile(PROFILES, profile, {})
     hp.update({k: first_cfg[k] for k in ("registration", "use_dataset_mask", "downsample", "nb_filter", "nb_block")})
+    hp.update({k: first_cfg.get(k, 0.0) for k in ("smooth_fwhm_mm", "acq_augment")})
     overrides = {"stage2_epochs": epochs, "stage2_batch_size": batch_size, "stage2_lr": lr, "lbd": lbd,
                  "dis_range": dis_range, "amp_dtype": amp_dtype}
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
@@ -393,7 +419,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
         model = SecondStage(first, net, hp["dis_range"], given_stage1_age=variant == "out_of_fold")
         optimizer = torch.optim.SGD(net.parameters(), lr=hp["stage2_lr"], weight_decay=hp["weight_decay"])
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
-        return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=None,
+        return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=_augment(hp),
                               checkpoint_meta={"model_args": args, "sorter": sorter_report,
                                                "first_stage_run": str(first_dir), "variant": variant})
 
@@ -631,7 +657,9 @@ def _evaluate(run_dir: str, method: str, publish: bool, device: str, frame: pd.D
     if cfg["profile"] != "paper":
         notes.append(f"cpu profile: {cfg['registration']}, input pooled to {2 * cfg['downsample']} mm, nb_filter "
                      f"{cfg['nb_filter']}, batch {cfg['batch_size']}, at most {cfg['epochs']} epochs, sorter "
-                     f"{cfg['sorter_hidden']} units x {cfg['sorter_steps']} steps")
+                     f"{cfg['sorter_hidden']} units x {cfg['sorter_steps']} steps"
+                     + (f", smoothed to {cfg['smooth_fwhm_mm']:g} mm FWHM" if cfg.get("smooth_fwhm_mm") else "")
+                     + (f", acquisition augmentation p={cfg['acq_augment']:g}" if cfg.get("acq_augment") else ""))
     if publish:
         label = {STAGE1: "TSAN stage 1 (ScaleDense, MSE + ranking)", STAGE2: "TSAN stage 2 (residual on discretised age)",
                  VARIANTS["normalized_d"]: "TSAN stage 2, normalized-d variant (not the paper's)",

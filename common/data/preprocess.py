@@ -53,6 +53,9 @@ class VolumeSpec:
             is the centre of the input's field of view; no reorientation), or ``"ants_affine_mni"`` /
             ``"ants_syn_mni"`` (ANTsPy registration to the MNI152 template on the FSL 2 mm grid,
             :mod:`common.data.registration`; ``shape`` must be (91, 109, 91) and ``spacing_mm`` 2).
+        smooth_fwhm_mm: ``mni_brain*`` only: Gaussian smoothing (FWHM, mm) inside the brain on the
+            2 mm MNI grid before the method's grid, so that scans acquired at 1-3 mm reach about the
+            same effective resolution (:func:`common.data.standardize.to_method_grid`); 0 = none.
     """
 
     shape: tuple[int, int, int] = (96, 96, 96)
@@ -61,14 +64,19 @@ class VolumeSpec:
     intensity: str = "zscore_nonzero"
     apply_mask: bool = False
     pipeline: str = "monai"
+    smooth_fwhm_mm: float = 0.0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "version": PREPROCESS_VERSION}
+        d = {**asdict(self), "version": PREPROCESS_VERSION}
+        if not self.smooth_fwhm_mm:  # specs without smoothing keep the keys (and caches) they had before it existed
+            del d["smooth_fwhm_mm"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> VolumeSpec:
         return cls(shape=tuple(d["shape"]), spacing_mm=tuple(d["spacing_mm"]), orientation=d["orientation"],
-                   intensity=d["intensity"], apply_mask=bool(d["apply_mask"]), pipeline=d.get("pipeline", "monai"))
+                   intensity=d["intensity"], apply_mask=bool(d["apply_mask"]), pipeline=d.get("pipeline", "monai"),
+                   smooth_fwhm_mm=float(d.get("smooth_fwhm_mm", 0.0)))
 
     def key(self) -> str:
         """Short stable hash of the parameters (and the preprocessing code version)."""
@@ -159,6 +167,8 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
     """
     if spec.intensity not in INTENSITIES:
         raise ValueError(f"unknown intensity normalisation {spec.intensity!r}; choose from {INTENSITIES}")
+    if spec.smooth_fwhm_mm and spec.pipeline not in STANDARD_PIPELINES:
+        raise ValueError(f"smooth_fwhm_mm needs a shared pipeline ({', '.join(STANDARD_PIPELINES)}), not {spec.pipeline!r}")
     if spec.pipeline in STANDARD_PIPELINES:
         from common.data.standardize import StandardCache, standardize_brain, to_method_grid
 
@@ -172,7 +182,7 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
             except BadImageError as err:
                 raise BadImageError(image_path, err.problem) from None
         try:
-            return to_method_grid(standard, spec.shape, spec.spacing_mm, spec.intensity)
+            return to_method_grid(standard, spec.shape, spec.spacing_mm, spec.intensity, spec.smooth_fwhm_mm)
         except BadImageError as err:
             raise BadImageError(image_path, err.problem) from None
     data, affine, _ = load_checked(image_path)

@@ -247,10 +247,42 @@ class StandardCache:
         return result
 
 
+def smooth_inside_brain(brain: np.ndarray, mask: np.ndarray, fwhm_mm: float, voxel_mm: float = 2.0) -> np.ndarray:
+    """Gaussian smoothing of ``brain`` inside ``mask`` by normalised convolution (scipy ``gaussian_filter``).
+
+    The smoothed brain is divided by the smoothed mask, so the brain's edge is not darkened by the zero
+    background; outside the mask the result is 0. Smoothing every scan by a kernel wider than the
+    differences between acquisitions (a 1 mm, 2 mm or 3 mm scan: effective FWHM about 2.5-3.5 mm on the
+    2 mm grid) brings them to about one effective resolution: sqrt(fwhm^2 + own^2).
+
+    Args:
+        brain: (X, Y, Z) intensities; mask: (X, Y, Z) bool; fwhm_mm: kernel FWHM (mm), 0 = unchanged;
+        voxel_mm: isotropic voxel size of the arrays (mm).
+
+    Returns:
+        float32 (X, Y, Z), zero outside ``mask``.
+
+    Raises:
+        ValueError: a negative ``fwhm_mm``.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if fwhm_mm < 0:
+        raise ValueError(f"smoothing FWHM {fwhm_mm} mm is negative")
+    if fwhm_mm == 0:
+        return brain.astype(np.float32)
+    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / voxel_mm
+    weight = mask.astype(np.float32)
+    num = gaussian_filter(np.where(mask, brain, 0.0).astype(np.float32), sigma, mode="constant")
+    den = gaussian_filter(weight, sigma, mode="constant")
+    return np.where(mask, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+
+
 def to_method_grid(standard: StandardBrain, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float],
-                   intensity: str = "zscore_nonzero") -> np.ndarray:
+                   intensity: str = "zscore_nonzero", smooth_fwhm_mm: float = 0.0) -> np.ndarray:
     """Resample a :class:`StandardBrain` to a method's grid, centred on the MNI grid's centre.
 
+    With ``smooth_fwhm_mm`` the brain is first smoothed inside its mask (:func:`smooth_inside_brain`).
     The 2 mm array is padded or cropped (centred) to the target field of view, then resized to
     ``shape`` with MONAI ``Resize`` (trilinear, ``anti_aliasing=True``: a Gaussian low-pass first, so
     a coarse grid does not alias). The intensities are z-scored over the brain (``zscore_nonzero``:
@@ -274,7 +306,8 @@ def to_method_grid(standard: StandardBrain, shape: tuple[int, int, int], spacing
     if intensity not in ("zscore_nonzero", "zscore_volume"):
         raise ValueError(f"unknown intensity normalisation {intensity!r}")
     fov = tuple(int(round(n * s / 2.0)) for n, s in zip(shape, spacing_mm))
-    stack = torch.from_numpy(np.stack([standard.brain, standard.mask.astype(np.float32)]))
+    brain = smooth_inside_brain(standard.brain, standard.mask, smooth_fwhm_mm)
+    stack = torch.from_numpy(np.stack([brain, standard.mask.astype(np.float32)]))
     stack = ResizeWithPadOrCrop(spatial_size=fov)(stack)
     if tuple(fov) != tuple(shape):
         stack = Resize(spatial_size=shape, mode="trilinear", anti_aliasing=True)(stack)
