@@ -190,9 +190,10 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     ``config.json``, with the precision in force as ``precision``. ``exclude`` removes rows the method cannot use (logged).
     ``annotate(frame)`` may add columns or move rows out of the ``train`` split after preprocessing
     (TSAN's out-of-fold stage 2); batches carry every column named in the model's ``extra_inputs``.
-    ``permute_train_ages`` (the leakage check): the training rows' ages are shuffled among them with
-    ``seed`` before training (validation and test keep their true ages); the run folder's
-    ``training_ages.csv`` lists the true and the used age of each training row.
+    ``permute_train_ages`` (the leakage check): the training rows' ages are shuffled among them, and
+    the validation rows' among them, with ``seed`` before training, so neither the fit nor the epoch
+    choice nor the bias correction sees a true age (test keeps its true ages); the run folder's
+    ``training_ages.csv`` lists the split, true and used age of each of those rows.
     ``build(train_frame)`` returns the method's model,
     optimizer, scheduler, loss and augmentation (it may use training-split statistics only).
 
@@ -221,13 +222,15 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     run_dir.mkdir(parents=True, exist_ok=True)
     exclusions.write(run_dir / "exclusions.csv")
     if permute_train_ages:
-        is_train = (frame["split"] == "train").to_numpy()
-        true_age = frame.loc[is_train, "age"].to_numpy(float)
-        frame.loc[is_train, "age"] = np.random.default_rng(seed).permutation(true_age)
-        write_csv(run_dir / "training_ages.csv", pd.DataFrame({
-            "participant_id": frame.loc[is_train, "participant_id"].to_numpy(), "age_true": true_age,
-            "age_used": frame.loc[is_train, "age"].to_numpy(float)}))
-        log.info("leakage check: the %d training ages are permuted (seed %d)", int(is_train.sum()), seed)
+        rng, used = np.random.default_rng(seed), []
+        for split in ("train", "val"):
+            rows = (frame["split"] == split).to_numpy()
+            true_age = frame.loc[rows, "age"].to_numpy(float)
+            frame.loc[rows, "age"] = rng.permutation(true_age)
+            used.append(pd.DataFrame({"split": split, "participant_id": frame.loc[rows, "participant_id"].to_numpy(),
+                                      "age_true": true_age, "age_used": frame.loc[rows, "age"].to_numpy(float)}))
+        write_csv(run_dir / "training_ages.csv", pd.concat(used, ignore_index=True))
+        log.info("leakage check: the training and validation ages are permuted within each split (seed %d)", seed)
     train_frame, val_frame = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
     if len(train_frame) < 2 or val_frame["participant_id"].nunique() < 3:
         raise ValueError(f"fold {fold}: too few usable subjects ({len(train_frame)} train, {len(val_frame)} val after "

@@ -92,16 +92,21 @@ def test_test_labels_are_not_read_before_the_final_evaluation(tmp_path, commit):
     pd.testing.assert_frame_equal(*[c[columns] for c in curves])  # the same curves, so the same checkpoint choice
 
 
-def test_permuted_ages_row_trains_on_shuffled_training_ages_only(tmp_path, commit):
-    """The leakage check: its own method, training ages permuted among the training subjects
-    (seeded, so the same twice), validation and test ages untouched."""
+def test_permuted_ages_row_permutes_training_and_validation_ages_only(tmp_path, commit):
+    """The leakage check: its own method, training ages permuted among the training subjects and
+    validation ages among the validation subjects (seeded, so the same twice), test ages untouched."""
     write_study(tmp_path, 20)
     run = Path(train(**TINY, **_dirs(tmp_path), run_name="p", fold=0, permuted_ages=True))
     assert run == tmp_path / "runs" / "resnet3d_permuted_ages" / "study" / "p" / "fold0"
     used = pd.read_csv(run / "training_ages.csv")
     truth = pd.read_csv(tmp_path / "data" / "study" / "participants.tsv", sep="\t").set_index("participant_id")["age"]
     assert (used["age_true"].to_numpy() == truth.loc[used["participant_id"]].to_numpy()).all()
-    assert sorted(used["age_used"]) == sorted(used["age_true"]) and (used["age_used"] != used["age_true"]).any()
+    assert set(used["split"]) == {"train", "val"}
+    for _, rows in used.groupby("split"):  # a permutation within each split
+        assert sorted(rows["age_used"]) == sorted(rows["age_true"]) and (rows["age_used"] != rows["age_true"]).any()
+    validated = pd.read_csv(run / "predictions_val.csv").set_index("participant_id")["age"]
+    val_used = used[used["split"] == "val"].set_index("participant_id")["age_used"]
+    assert (validated.loc[val_used.index].to_numpy() == val_used.to_numpy()).all(), "epoch choice saw permuted ages"
     tested = pd.read_csv(run / "predictions_test.csv")  # the report uses the true test ages
     assert (tested["age"].to_numpy() == truth.loc[tested["participant_id"]].to_numpy()).all()
     doc = json.loads((run / "fold_results" / "resnet3d_permuted_ages__study.json").read_text())
