@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from alz_cnn.data import AlzheimerSlices, cached_images, load_alzheimer4, source_augmentation
+from alz_cnn.leaky import SOURCE_AUGMENTED_IMAGES, augmented_pool, image_level_split
 from alz_cnn.model import AltzCNN, build_transfer_model, count_parameters, model_size_mb
 from alz_cnn.near_duplicates import DEFAULT_THRESHOLD, DEFAULT_THUMBNAIL, find_near_duplicates, near_duplicate_figure
 from common.classification import publish_classification_result, report_classification
@@ -41,7 +42,7 @@ from common.metrics import classification_metrics
 from common.paths import find_data_root
 from common.plots import training_curves
 from common.runlog import RunLogger, environment_info, git_commit, setup_logging
-from common.training import VAL_ACCURACY, FitConfig, fit_model, load_checkpoint, predict
+from common.training import VAL_ACCURACY, VAL_BALANCED_ACCURACY, FitConfig, fit_model, load_checkpoint, predict
 
 log = logging.getLogger("alz_cnn")
 
@@ -95,7 +96,7 @@ MODELS = {
 #: 38-39). The transfer models train with the kornia augmentation of cell 21. ResNet-18 is not in the
 #: source (the in-domain transfer checkpoint for midslice_classifier); it takes ResNet-50's settings.
 _ALTZ_PAPER = dict(epochs=21, batch_size=128, lr=3e-4, image_size=64, augment=False, normalize=False,
-                   checkpoint="last", max_train_images=0)
+                   checkpoint="last", selection="accuracy", max_train_images=0)
 _TRANSFER_PAPER = dict(_ALTZ_PAPER, augment=True)
 _PAPER = {"altzcnn": _ALTZ_PAPER,
           "resnet18": dict(_TRANSFER_PAPER, lr=1e-4, epochs=11),
@@ -107,20 +108,44 @@ _PAPER = {"altzcnn": _ALTZ_PAPER,
 #: ``cpu``: what fits the 20-minute budget of the whole comparison on 2 cores (measured costs per
 #: training image: AltzCNN 0.017 s at 64x64, ResNet-18 0.011 s, ResNet-50 0.022 s, EfficientNet-B0
 #: 0.009 s at 64x64, ViT-B/16 about 0.2 s at 64x64 and 10x that at 224x224); the checkpoint with the
-#: best validation accuracy; ImageNet normalisation for the transfer models.
+#: best validation balanced accuracy (the headline: the majority class is half of the images); ImageNet
+#: normalisation for the transfer models.
 #: ``max_train_images`` > 0 trains on a class-stratified subset of that many training images.
 _CPU_TRANSFER = dict(epochs=1, batch_size=128, lr=3e-4, image_size=64, augment=True, normalize=True,
-                     checkpoint="best", max_train_images=0)
+                     checkpoint="best", selection="balanced_accuracy", max_train_images=0)
 HYPERPARAMETERS = {name: {"paper": dict(_PAPER[name])} for name in MODELS}
-HYPERPARAMETERS["altzcnn"]["cpu"] = dict(_ALTZ_PAPER, epochs=7, checkpoint="best")
+HYPERPARAMETERS["altzcnn"]["cpu"] = dict(_ALTZ_PAPER, epochs=7, checkpoint="best", selection="balanced_accuracy")
 for _name in ("resnet18", "resnet50", "resnet50_dora", "efficientnet_b0", "efficientnet_b0_dora"):
     HYPERPARAMETERS[_name]["cpu"] = dict(_CPU_TRANSFER)
 HYPERPARAMETERS["vit_b_16"]["cpu"] = dict(_CPU_TRANSFER, max_train_images=512)
 
 
-def method_name(model: str) -> str:
-    """Result/run name of a model: ``alz_<model>``."""
-    return f"alz_{model}"
+def method_name(model: str, class_weighted: bool = False) -> str:
+    """Result/run name of a model: ``alz_<model>``, ``alz_<model>_class_weighted`` for the class-weighted
+    variant."""
+    return f"alz_{model}" + ("_class_weighted" if class_weighted else "")
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights ``n / (K * n_c)`` of the training labels (scikit-learn's
+    ``compute_class_weight("balanced")``), for the class-weighted cross-entropy variant.
+
+    Args:
+        labels: (N,) class indices of the training images; num_classes: K.
+
+    Returns:
+        float32 (K,) weights; a class with mean weight 1 over the training images.
+
+    Raises:
+        ValueError: a class has no training image.
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    if len(present) < num_classes:
+        raise ValueError(f"class-weighted loss: classes {sorted(set(range(num_classes)) - set(present.tolist()))} "
+                         "have no training image")
+    return torch.tensor(compute_class_weight("balanced", classes=np.arange(num_classes), y=labels), dtype=torch.float32)
 
 
 def build_model(model: str, num_classes: int, weights: str = "none", image_size: int = 64) -> tuple[torch.nn.Module, str]:
@@ -180,10 +205,10 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
           batch_size: int | None = None, image_size: int | None = None, max_train_images: int | None = None,
           val_fraction: float = 0.15, seed: int = 42, device: str = "auto", run_name: str | None = None,
           runs_dir: str = "runs", results_dir: str = "results", cache_dir: str = ".cache",
-          resume: bool = False, publish: bool = True) -> str:
+          resume: bool = False, publish: bool = True, class_weighted: bool = False) -> str:
     """Train one model on ``train/`` minus the validation images, keep the profile's checkpoint
-    (``paper``: the last epoch, as the source; ``cpu``: the best validation accuracy), then test it
-    once on the published ``test/`` folder.
+    (``paper``: the last epoch, as the source; ``cpu``: the best validation balanced accuracy), then
+    test it once on the published ``test/`` folder.
 
     Args:
         model: altzcnn, resnet18, resnet50, resnet50_dora, efficientnet_b0, efficientnet_b0_dora or vit_b_16.
@@ -203,6 +228,9 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
         cache_dir: where the decoded, resized images are cached.
         resume: continue ``run_name`` from its ``last.pt``.
         publish: write the result JSON.
+        class_weighted: the declared variant (not in the source): cross-entropy weighted by inverse
+            class frequency on the training images (:func:`class_weights`), published as
+            ``alz_<model>_class_weighted``.
 
     Returns:
         The run folder.
@@ -220,7 +248,7 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
     publish = publication(publish, results_dir, HYPERPARAMETERS[model], profile, overrides)
     dev = select_device(device)
     configure_numerics(dev, "fp32")  # no autocast in this method: fp32 on every device
-    method = method_name(model)
+    method = method_name(model, class_weighted)
     run_dir = Path(runs_dir) / method / dataset / (run_name or default_run_name(profile))
     if (run_dir / "last.pt").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume or another --run_name")
@@ -237,7 +265,8 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
     train_set = AlzheimerSlices(images, labels, train_rows, source_augmentation() if hp["augment"] else None, normalize)
     val_set = AlzheimerSlices(images, labels, val_rows, None, normalize)
     config = {"method": method, "model": model, "dataset": dataset, "profile": profile, "weights": str(weights),
-              "weights_provenance": provenance, **hp, "val_fraction": val_fraction, "seed": seed,
+              "weights_provenance": provenance, **hp, "class_weighted": bool(class_weighted), "val_fraction": val_fraction,
+              "seed": seed,
               "n_train_images": len(train_rows), "n_val_images": len(val_rows), "run_dir": str(run_dir),
               "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir, "class_names": class_names}
     logger = RunLogger(run_dir, config, dev, resume=resume)
@@ -246,15 +275,18 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
     gen = torch.Generator().manual_seed(seed)
     meta = {"method": method, "model": model, "class_names": class_names, "weights": str(weights),
             "image_size": hp["image_size"], "commit": git_commit()}
-    fit = fit_model(net, optimizer, None, torch.nn.CrossEntropyLoss(),
+    weight = class_weights(labels[train_rows], len(class_names)).to(dev) if class_weighted else None
+    selection = VAL_BALANCED_ACCURACY if hp["selection"] == "balanced_accuracy" else VAL_ACCURACY
+    fit = fit_model(net, optimizer, None, torch.nn.CrossEntropyLoss(weight=weight),
                     DataLoader(train_set, batch_size=hp["batch_size"], shuffle=True, generator=gen),
                     DataLoader(val_set, batch_size=256), dev, FitConfig(epochs=hp["epochs"], seed=seed),
-                    run_dir, logger, meta, resume=resume, selection=VAL_ACCURACY)
+                    run_dir, logger, meta, resume=resume, selection=selection)
     logger.close()
     training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{MODELS[model].label} ({profile})",
-                    metric="acc/val", loss_label="cross-entropy (nats)", best_epoch=fit["best_epoch"])
+                    metric=selection.name, loss_label="cross-entropy (nats)", best_epoch=fit["best_epoch"])
     usage = {"train_seconds": fit["train_seconds"], "peak_memory_mb": peak_memory_mb(dev),
-             "best_epoch": fit["best_epoch"], "best_val_accuracy": fit["best_val"], "checkpoint_tested": hp["checkpoint"]}
+             "best_epoch": fit["best_epoch"], f"best_{selection.name.replace('/', '_')}": fit["best_val"],
+             "checkpoint_tested": hp["checkpoint"]}
     write_json(run_dir / "usage.json", usage)
     evaluate(str(run_dir), publish=publish, device=device, _state=(frame, class_names, images, t0))
     return str(run_dir)
@@ -319,7 +351,9 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
             notes.append("ImageNet weights cannot be downloaded here: trained from scratch")
         if cfg["max_train_images"]:
             notes.append(f"trained on a stratified subset of {cfg['n_train_images']} training images")
-        params = {k: cfg.get(k) for k in _ALTZ_PAPER} | {"weights": cfg["weights"], "n_train_images": cfg["n_train_images"],
+        params = {k: cfg.get(k) for k in _ALTZ_PAPER} | {"weights": cfg["weights"],
+                                                     "class_weighted": cfg.get("class_weighted", False),
+                                                     "n_train_images": cfg["n_train_images"],
                                                      "n_val_images": cfg["n_val_images"],
                                                      "size_mb": round(model_size_mb(net), 2)} | usage
         reported = None
@@ -328,8 +362,10 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
                         "train_time_s": spec.source_train_s,
                         "dataset": "44,000-image augmented version, 70/15/15 image-level random split"}
         counts = frame["split"].value_counts()
+        variant = ", class-weighted loss" if cfg.get("class_weighted") else ""
         path = publish_classification_result(
-            cfg["results_dir"], metrics, method=cfg["method"], method_label=f"{spec.label} ({cfg['weights_provenance']})",
+            cfg["results_dir"], metrics, method=cfg["method"],
+            method_label=f"{spec.label}{variant} ({cfg['weights_provenance']})",
             source=SOURCE, dataset=cfg["dataset"], profile=cfg["profile"], source_reported=reported,
             n_subjects={s: int(counts.get(s, 0)) for s in ("train", "val", "test")} | {"unit": "images"},
             parameters=params, n_parameters=count_parameters(net), wall_time_s=time.time() - t0,
@@ -341,9 +377,10 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
 
 def compare(models: str = ",".join(MODELS), profile: str | None = None, dataset: str = DATASET,
             data_root: str | None = None, seed: int = 42, run_name: str | None = None, results_dir: str = "results",
-            cache_dir: str = ".cache", figures_dir: str = "alz_cnn/figures") -> str:
-    """Train and test every model, each in its own process (so peak memory is per model), then write
-    the comparison table and figures (:func:`summarize`).
+            cache_dir: str = ".cache", figures_dir: str = "alz_cnn/figures", class_weighted: str = "",
+            leaky_emulation: bool = True) -> str:
+    """Train and test every model, each in its own process (so peak memory is per model), then the
+    leaky-protocol emulation (:func:`leaky`), then write the comparison table and figures (:func:`summarize`).
 
     Args:
         models: comma-separated keys of ``MODELS`` (default: all, AltzCNN first).
@@ -352,6 +389,8 @@ def compare(models: str = ",".join(MODELS), profile: str | None = None, dataset:
         data_root, seed, results_dir, cache_dir: passed to :func:`train`.
         run_name: run folder name shared by the models (default: ``<profile>-<UTC time>``).
         figures_dir: where the confusion matrices and the near-duplicate figure are copied.
+        class_weighted: comma-separated models also trained with the class-weighted loss (variant rows).
+        leaky_emulation: also run the source's protocol, emulated (``alz_altzcnn_leaky_emulation``).
 
     Returns:
         The path of the README table.
@@ -363,13 +402,18 @@ def compare(models: str = ",".join(MODELS), profile: str | None = None, dataset:
         raise ValueError(f"alz_cnn compares models on the {DATASET} folder layout, not {dataset!r}")
     profile = profile or default_profile()
     run_name = run_name or default_run_name(profile)
-    names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
+    def _list(value) -> list[str]:
+        return [m.strip() for m in (value.split(",") if isinstance(value, str) else value) if m.strip()]
+
+    common = [f"--profile={profile}", f"--run_name={run_name}", f"--results_dir={results_dir}", f"--cache_dir={cache_dir}"]
+    common += [f"--data_root={data_root}"] if data_root else []
+    jobs = [(name, ["train", f"--model={name}", f"--seed={seed}"]) for name in _list(models)]
+    jobs += [(f"{name} (class-weighted)", ["train", f"--model={name}", f"--seed={seed}", "--class_weighted=True"])
+             for name in _list(class_weighted)]
+    jobs += [("leaky-protocol emulation", ["leaky"])] if leaky_emulation else []  # the source's seed (211)
     failed = []
-    for name in names:
-        cmd = [sys.executable, "-m", "alz_cnn.train", "train", f"--model={name}", f"--profile={profile}",
-               f"--seed={seed}", f"--run_name={run_name}", f"--results_dir={results_dir}", f"--cache_dir={cache_dir}"]
-        if data_root:
-            cmd.append(f"--data_root={data_root}")
+    for name, args in jobs:
+        cmd = [sys.executable, "-m", "alz_cnn.train", *args, *common]
         log.info("training %s: %s", name, " ".join(cmd))
         if subprocess.run(cmd, check=False).returncode != 0:
             failed.append(name)
@@ -377,6 +421,106 @@ def compare(models: str = ",".join(MODELS), profile: str | None = None, dataset:
     if failed:
         raise RuntimeError(f"training failed for {failed}; the table shows the models that finished")
     return out
+
+
+#: The leaky-protocol emulation's size and epochs per profile: ``paper`` the source's (44,060 images,
+#: AltzCNN's 20 (+1) epochs, last epoch tested); ``cpu`` a fifth of the images and 4 epochs (about 7 min on
+#: 2 cores at 0.017 s per training image).
+LEAKY_PROFILES = {"paper": dict(n_images=SOURCE_AUGMENTED_IMAGES, epochs=21),
+                  "cpu": dict(n_images=SOURCE_AUGMENTED_IMAGES // 5, epochs=4)}
+LEAKY_METHOD = "alz_altzcnn_leaky_emulation"
+
+
+def leaky(profile: str | None = None, dataset: str = DATASET, data_root: str | None = None,
+          n_images: int | None = None, epochs: int | None = None, seed: int = 211, device: str = "auto",
+          run_name: str | None = None, runs_dir: str = "runs", results_dir: str = "results",
+          cache_dir: str = ".cache", publish: bool = True) -> dict:
+    """The source's protocol, emulated and labelled as leaky: the published ``train/`` and ``test/``
+    slices pooled, augmented to about ``n_images`` of equal class sizes (:mod:`alz_cnn.leaky`; the
+    source's augmentation recipe is unknown), split 70/15/15 at image level, AltzCNN trained with the
+    source's settings (Adam 3e-4, batch 128, 64x64 without normalisation or training augmentation, the
+    last epoch tested) and tested on its own 15%.
+
+    Args:
+        profile: ``paper`` (44,060 images, 21 epochs) or ``cpu`` (a fifth, 4 epochs); see ``LEAKY_PROFILES``.
+        dataset: must be ``alzheimer4``.
+        n_images, epochs: override the profile.
+        seed: split, copies and training (default 211, the source's seed).
+        device, run_name, runs_dir, results_dir, cache_dir: as :func:`train`.
+        publish: write ``results/alz_altzcnn_leaky_emulation__alzheimer4.json``.
+
+    Returns:
+        Test metrics on the leaky split, with ``original_not_in_train``: the same on the test images
+        whose original slice has no copy in the training split.
+    """
+    setup_logging()
+    t0 = time.time()
+    if dataset != DATASET:
+        raise ValueError(f"alz_cnn's leaky emulation works on the {DATASET} folder layout, not {dataset!r}")
+    profile = profile or default_profile()
+    hp = resolve_profile(LEAKY_PROFILES, profile, {"n_images": n_images, "epochs": epochs})
+    source = dict(_ALTZ_PAPER)
+    dev = select_device(device)
+    configure_numerics(dev, "fp32")
+    frame, class_names, exclusions, images = _load(data_root, cache_dir, source["image_size"], 0.15, seed)
+    pool, table = augmented_pool(images, frame["label_index"].to_numpy(), int(hp["n_images"]), seed)
+    table = image_level_split(table, seed)
+    names = frame["image"].to_numpy()[table["original"].to_numpy()]
+    table["image"] = [n if k == 0 else f"{n}#copy{k}" for n, k in zip(names, table["copy"])]
+    run_dir = Path(runs_dir) / LEAKY_METHOD / dataset / (run_name or default_run_name(profile))
+    if (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass another --run_name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(run_dir / "pool.csv", table)
+    labels = table["label_index"].to_numpy()
+    rows = {s: np.flatnonzero(table["split"] == s) for s in ("train", "val", "test")}
+    torch.manual_seed(seed)
+    net = AltzCNN(len(class_names)).to(dev)
+    config = {"method": LEAKY_METHOD, "model": "altzcnn", "dataset": dataset, "profile": profile, **source, **hp,
+              "seed": seed, "n_images": {s: len(r) for s, r in rows.items()}, "run_dir": str(run_dir),
+              "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir, "class_names": class_names}
+    logger = RunLogger(run_dir, config, dev)
+    meta = {"method": LEAKY_METHOD, "model": "altzcnn", "class_names": class_names, "image_size": source["image_size"],
+            "commit": git_commit()}
+    fit = fit_model(net, torch.optim.Adam(net.parameters(), lr=source["lr"]), None, torch.nn.CrossEntropyLoss(),
+                    DataLoader(AlzheimerSlices(pool, labels, rows["train"]), batch_size=source["batch_size"], shuffle=True,
+                               generator=torch.Generator().manual_seed(seed)),
+                    DataLoader(AlzheimerSlices(pool, labels, rows["val"]), batch_size=256), dev,
+                    FitConfig(epochs=int(hp["epochs"]), seed=seed), run_dir, logger, meta, selection=VAL_ACCURACY)
+    logger.close()
+    ckpt = load_checkpoint(run_dir / "last.pt", LEAKY_METHOD)  # the source tests the last epoch
+    net.load_state_dict(ckpt["model_state"])
+    idx, targets, logits = predict(net, DataLoader(AlzheimerSlices(pool, labels, rows["test"]), batch_size=256), dev)
+    tested = table.iloc[rows["test"][idx]]
+    label = "AltzCNN, leaky protocol emulation"
+    metrics = report_classification(tested["image"], targets, logits, class_names, run_dir, label, id_column="image")
+    unseen = ~tested["original_in_train"].to_numpy()
+    metrics["original_not_in_train"] = (
+        {k: v for k, v in classification_metrics(targets[unseen], logits[unseen].argmax(1), class_names).items()
+         if k in ("accuracy", "accuracy_ci95", "balanced_accuracy", "n")} if unseen.any() else {"n": 0})
+    metrics["test_images_with_original_in_train"] = float(1 - unseen.mean())
+    write_json(run_dir / "metrics_test.json", metrics)
+    log.info("leaky emulation: test accuracy %.4f; %.1f%% of the test images have their original or a copy of it in "
+             "training; on the other %d: %s", metrics["accuracy"], 100 * metrics["test_images_with_original_in_train"],
+             int(unseen.sum()), metrics["original_not_in_train"].get("accuracy"))
+    if publish:
+        counts = table["split"].value_counts()
+        notes = ["LEAKY PROTOCOL, NOT A GENERALISATION RESULT: augmented copies of the same slice are in the training "
+                 f"and the test split ({100 * metrics['test_images_with_original_in_train']:.1f}% of the test images)",
+                 "the source's augmentation recipe is unknown; the copies are this repository's (alz_cnn/leaky.py)",
+                 f"{int(hp['n_images'])} images (the source's set: {SOURCE_AUGMENTED_IMAGES}), {int(hp['epochs'])} "
+                 "epochs, the last tested"]
+        path = publish_classification_result(
+            results_dir, metrics, method=LEAKY_METHOD, method_label=f"{label} (image-level split of augmented copies)",
+            source=SOURCE, dataset=dataset, profile=profile,
+            source_reported={"accuracy": MODELS["altzcnn"].source_accuracy,
+                             "dataset": "44,000-image augmented version, 70/15/15 image-level random split"},
+            n_subjects={s: int(counts.get(s, 0)) for s in ("train", "val", "test")} | {"unit": "images"},
+            parameters={**source, **hp, "seed": seed, "best_epoch": fit["best_epoch"]},
+            n_parameters=count_parameters(net), wall_time_s=time.time() - t0, environment=environment_info(dev),
+            commit=git_commit(), run_dir=run_dir, notes=notes, subject_split=False, readme_folder="alz_cnn")
+        log.info("wrote %s", path)
+    return metrics
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -404,8 +548,8 @@ def summarize(results_dir: str = "results", figures_dir: str = "alz_cnn/figures"
     figures = Path(figures_dir)
     figures.mkdir(parents=True, exist_ok=True)
     rows, leak_line = [], ""
-    for name, spec in MODELS.items():
-        path = Path(results_dir) / f"{method_name(name)}__{DATASET}.json"
+    for (name, spec), weighted in ((item, w) for item in MODELS.items() for w in (False, True)):
+        path = Path(results_dir) / f"{method_name(name, weighted)}__{DATASET}.json"
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
@@ -417,14 +561,15 @@ def summarize(results_dir: str = "results", figures_dir: str = "alz_cnn/figures"
         source = (f"{spec.source_accuracy:.4f} / {spec.source_size_mb} MB / {spec.source_train_s} s"
                   if spec.source_accuracy else "–")
         epochs = f"{p['epochs']} ep" + (f", {p['n_train_images']} imgs" if p.get("max_train_images") else "")
-        rows.append(f"| {spec.label} | {doc['profile']}: {p['image_size']} px, {epochs} | {doc['n_parameters']:,} | "
+        label = spec.label + (", class-weighted loss" if weighted else "")
+        rows.append(f"| {label} | {doc['profile']}: {p['image_size']} px, {epochs} | {doc['n_parameters']:,} | "
                     f"{_num(p['size_mb'], '.2f')} | {_num(p.get('train_seconds'), '.0f')} | "
                     f"{_num(p.get('peak_memory_mb'), '.0f')} | {_fmt_ci(m['accuracy'], m['accuracy_ci95'])} | "
                     f"{_num(m['balanced_accuracy'], '.3f')} | {_num(m['macro_f1'], '.3f')} | {recall} | "
                     f"{_num(clean.get('accuracy'), '.3f')} (n={clean.get('n', 0)}) | {source} |")
         confusion = Path(doc["run_dir"]) / "confusion_test.png"
         if confusion.exists():
-            shutil.copyfile(confusion, figures / f"confusion_{name}.png")
+            shutil.copyfile(confusion, figures / f"confusion_{name}{'_class_weighted' if weighted else ''}.png")
         leak_csv = Path(doc["run_dir"]) / "near_duplicates_test.csv"
         if leak_csv.exists() and not leak_line:
             leak_line = _leakage_summary(pd.read_csv(leak_csv))
@@ -434,9 +579,26 @@ def summarize(results_dir: str = "results", figures_dir: str = "alz_cnn/figures"
               "source: accuracy / size / train time |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     table = "\n".join([header, *rows]) if rows else "_No finished model yet: run `bash alz_cnn/compare_transfer.sh`._"
     text = (f"Generated by `python -m alz_cnn.train summarize` from `results/alz_*__{DATASET}.json` "
-            "(published test folder, 1,279 images; **not subject-split**).\n\n" + table + "\n\n" + leak_line)
+            "(published test folder, 1,279 images; **not subject-split**).\n\n" + table + "\n\n" + leak_line
+            + _leaky_summary(Path(results_dir) / f"{LEAKY_METHOD}__{DATASET}.json"))
     replace_block(Path(readme), "<!-- comparison:start -->", "<!-- comparison:end -->", text)
     return readme
+
+
+def _leaky_summary(path: Path) -> str:
+    """The leaky-protocol emulation's row (empty when it has not run)."""
+    if not path.exists():
+        return ""
+    doc = json.loads(path.read_text())
+    m, p, n = doc["metrics"], doc["parameters"], doc["n_subjects"]
+    unseen = m.get("original_not_in_train", {})
+    return ("\n\n**The source's protocol, emulated (leaky; not a generalisation result).** AltzCNN on "
+            f"{n['train'] + n['val'] + n['test']:,} images (originals of train/ and test/ plus augmented copies, "
+            f"{p['epochs']} epochs, the last tested), split at image level 70/15/15: test accuracy "
+            f"{_fmt_ci(m['accuracy'], m['accuracy_ci95'])}, balanced {_num(m['balanced_accuracy'], '.3f')}, on "
+            f"{n['test']:,} test images of which {100 * m['test_images_with_original_in_train']:.1f}% have their original "
+            f"or a copy of it in training; on the other {unseen.get('n', 0)}: accuracy {_num(unseen.get('accuracy'), '.3f')}. "
+            f"The source reports {MODELS['altzcnn'].source_accuracy:.4f} under this protocol (alz_cnn/leaky.py).")
 
 
 def _leakage_summary(leak: pd.DataFrame) -> str:
@@ -453,7 +615,7 @@ def _leakage_summary(leak: pd.DataFrame) -> str:
 #: The command-line interface (fire).
 declare_profiles(train, {f"{m}:{p}": hp for m, profiles in HYPERPARAMETERS.items() for p, hp in profiles.items()})
 
-CLI = {"train": train, "test": evaluate, "compare": compare, "summarize": summarize}
+CLI = {"train": train, "test": evaluate, "compare": compare, "summarize": summarize, "leaky": leaky}
 
 if __name__ == "__main__":
     run_cli(CLI, name="alz_cnn.train")

@@ -432,6 +432,13 @@ def accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(outputs.argmax(1) == targets))
 
 
+def balanced_accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """Balanced accuracy (mean per-class recall, scikit-learn) of (N, K) logits against (N,) class indices."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(targets, outputs.argmax(1)))
+
+
 def mean_squared_error(outputs: np.ndarray, targets: np.ndarray) -> float:
     """MSE of regression outputs (years^2)."""
     return float(np.mean((outputs - targets) ** 2))
@@ -440,6 +447,7 @@ def mean_squared_error(outputs: np.ndarray, targets: np.ndarray) -> float:
 VAL_MAE = Selection("mae/val", mean_absolute_error, "min")
 VAL_MSE = Selection("mse/val", mean_squared_error, "min")
 VAL_ACCURACY = Selection("acc/val", accuracy, "max")
+VAL_BALANCED_ACCURACY = Selection("bacc/val", balanced_accuracy, "max")
 
 
 def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loss_fn: Callable,

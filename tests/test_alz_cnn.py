@@ -251,3 +251,57 @@ def test_paper_profile_tests_the_last_epoch(tmp_path, monkeypatch):
     last = load_checkpoint(run_dir / "last.pt", "alz_altzcnn")
     assert last["epoch"] == 1, "both epochs ran and last.pt is the final one"
     assert loaded == ["last.pt"], "the test split is predicted by the last epoch's model"
+
+
+def test_leaky_pool_balances_classes_and_splits_copies_at_image_level():
+    from alz_cnn.leaky import augmented_pool, image_level_split
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (20, 3, 16, 16), dtype=np.uint8)
+    labels = np.array([0] * 10 + [1] * 6 + [2] * 3 + [3] * 1)
+    pool, table = augmented_pool(images, labels, 80, seed=1)
+    assert len(pool) == len(table) == 80 and (table["label_index"].value_counts() == 20).all()
+    originals = table[table["copy"] == 0]
+    assert sorted(originals["original"]) == list(range(20)), "every original is in the pool once"
+    assert all(np.array_equal(pool[i], images[o]) for i, o in zip(originals.index, originals["original"]))
+    copies = table[table["copy"] > 0]
+    assert (table.loc[copies.index, "label_index"].to_numpy() == labels[copies["original"]]).all()
+    assert not all(np.array_equal(pool[i], images[o]) for i, o in zip(copies.index, copies["original"]))
+    again, _ = augmented_pool(images, labels, 80, seed=1)
+    assert np.array_equal(pool, again), "seeded"
+    split = image_level_split(table, seed=2)
+    assert split["split"].value_counts().to_dict() == {"train": 56, "val": 12, "test": 12}
+    test = split[split["split"] == "test"]
+    seen = set(split.loc[split["split"] == "train", "original"])
+    assert (test["original_in_train"] == test["original"].isin(seen)).all() and test["original_in_train"].any()
+    with pytest.raises(ValueError, match="originals"):
+        augmented_pool(images, labels, 10, seed=1)
+
+
+def test_leaky_emulation_runs_end_to_end_and_is_labelled(tmp_path):
+    from alz_cnn import train as alz
+
+    _write_folder(tmp_path / "data" / "alzheimer4", per_class=8)
+    metrics = alz.leaky(profile="cpu", n_images=64, epochs=1, data_root=str(tmp_path / "data"), run_name="l",
+                        runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
+                        cache_dir=str(tmp_path / "cache"), device="cpu")
+    doc = json.loads((tmp_path / "results" / "alz_altzcnn_leaky_emulation__alzheimer4.json").read_text())
+    assert doc["metrics"]["n"] == 64 - round(0.7 * 64) - round(0.15 * 64)
+    assert "LEAKY" in doc["notes"][0] and "leaky" in doc["method_label"]
+    assert 0 <= metrics["test_images_with_original_in_train"] <= 1 and doc["subject_split"] is False
+    pool = pd.read_csv(tmp_path / "runs" / "alz_altzcnn_leaky_emulation" / "alzheimer4" / "l" / "pool.csv")
+    assert len(pool) == 64 and pool["image"].str.contains("#copy").any()
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- comparison:start -->\n<!-- comparison:end -->\n")
+    alz.summarize(results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "fig"), readme=str(readme))
+    assert "The source's protocol, emulated (leaky; not a generalisation result)" in readme.read_text()
+
+
+def test_class_weights_are_inverse_frequency_and_need_every_class():
+    from alz_cnn.train import class_weights, method_name
+
+    w = class_weights(np.array([0, 0, 0, 1, 2, 2, 3, 3]), 4)
+    assert torch.allclose(w, torch.tensor([8 / 12, 8 / 4, 8 / 8, 8 / 8]))
+    with pytest.raises(ValueError, match="no training image"):
+        class_weights(np.array([0, 1, 1]), 3)
+    assert method_name("resnet18", class_weighted=True) == "alz_resnet18_class_weighted"
