@@ -358,7 +358,10 @@ def noise_floor_lines(doc: dict) -> list[str]:
     lines = [f"Noise floor ({doc['dataset']}, fold {doc['fold']}, seeds {', '.join(map(str, doc['seeds']))}; test MAE "
              "of the same method and data with only the seed changed):", ""]
     for method, r in sorted(doc["methods"].items()):
-        lines.append(f"- {method}: MAE {', '.join(_f(v) for v in r['mae'])}; SD {_f(r['sd'])} y")
+        trained = r.get("trained_seeds", doc["seeds"])
+        note = (f" (trained with seeds {', '.join(map(str, trained))}: a dead-output retry repeated a seed, so fewer "
+                "distinct models)") if len(set(trained)) < len(trained) else ""
+        lines.append(f"- {method}: MAE {', '.join(_f(v) for v in r['mae'])}; SD {_f(r['sd'])} y{note}")
     return lines
 
 

@@ -27,6 +27,7 @@ from common.cli import run as run_cli  # noqa: E402
 from common.cv import fold_folder  # noqa: E402
 from common.io import write_json  # noqa: E402
 from common.runlog import git_commit, setup_logging  # noqa: E402
+from tsan.train import RETRY_SEED_STRIDE, STAGE1_ATTEMPTS  # noqa: E402
 
 log = logging.getLogger("noise_floor")
 
@@ -35,12 +36,14 @@ TRAINERS = {"resnet3d": ("resnet3d.train", "train"), "tsan_stage1": ("tsan.train
 
 
 def _finished(run_dir: Path, commit: str, seed: int) -> bool:
-    """A run folder tested by ``commit`` with ``seed`` (its ``metrics_test.json`` written)."""
+    """A run folder tested by ``commit`` for ``seed`` (its ``metrics_test.json`` written): trained with
+    ``seed`` itself or, after a dead output, with one of its retry seeds (``tsan.train.RETRY_SEED_STRIDE``)."""
     cfg = run_dir / "config.json"
     if not (run_dir / "metrics_test.json").is_file() or not cfg.is_file():
         return False
     c = json.loads(cfg.read_text())
-    return c.get("git_commit") == commit and int(c.get("seed", -1)) == seed and not commit.endswith("-dirty")
+    seeds = {seed + k * RETRY_SEED_STRIDE for k in range(STAGE1_ATTEMPTS)}
+    return c.get("git_commit") == commit and int(c.get("seed", -1)) in seeds and not commit.endswith("-dirty")
 
 
 def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: int = 0, seeds: str = "42,43,44",
@@ -77,7 +80,7 @@ def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: i
     for method in names:
         module, command = TRAINERS[method]
         train = getattr(importlib.import_module(module), command)
-        maes, runs = [], []
+        maes, runs, trained = [], [], []
         for seed in seed_list:
             own = fold_folder(Path(runs_dir) / method / dataset / f"noise-seed{seed}", fold)
             main_run = fold_folder(Path(runs_dir) / method / dataset / reuse_run, fold)
@@ -91,7 +94,10 @@ def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: i
                 log.info("%s on %s fold %d, seed %d: reusing %s", method, dataset, fold, seed, run)
             maes.append(float(json.loads((run / "metrics_test.json").read_text())["raw"]["mae"]))
             runs.append(str(run))
-        doc["methods"][method] = {"mae": maes, "sd": float(np.std(maes, ddof=1)), "runs": runs}
+            trained.append(int(json.loads((run / "config.json").read_text())["seed"]))  # a dead-output retry's seed
+        doc["methods"][method] = {"mae": maes, "sd": float(np.std(maes, ddof=1)), "runs": runs, "trained_seeds": trained}
+        if len(set(trained)) < len(trained):
+            log.warning("%s: two runs trained with the same seed (%s): the spread is over fewer models", method, trained)
         log.info("%s: test MAE %s, SD %.2f y", method, ", ".join(f"{m:.2f}" for m in maes), doc["methods"][method]["sd"])
     write_json(Path(results_dir) / "noise_floor.json", doc)
     return doc

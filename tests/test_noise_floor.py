@@ -17,7 +17,8 @@ def _fake_trainer(calls: list):
     def train(*, dataset, seed, fold, run_name, runs_dir, **_):
         run = Path(runs_dir) / "fake" / dataset / run_name / f"fold{fold}"
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps({"git_commit": "c0ffee1", "seed": seed}))
+        trained = seed + 1000 if seed == 44 else seed  # seed 44 "died" and was retrained with its retry seed
+        (run / "config.json").write_text(json.dumps({"git_commit": "c0ffee1", "seed": trained}))
         (run / "metrics_test.json").write_text(json.dumps({"raw": {"mae": 5.0 + seed - 42}}))
         calls.append(seed)
         return str(run)
@@ -38,11 +39,14 @@ def test_noise_floor_sd_over_seeds_and_reuse(tmp_path, monkeypatch):
     assert calls == [43, 44], "seed 42 is the main job's fold model"
     r = doc["methods"]["fake"]
     assert r["mae"] == [7.0, 6.0, 7.0] and r["sd"] == pytest.approx(np.std([7.0, 6.0, 7.0], ddof=1))
+    assert r["trained_seeds"] == [42, 43, 1044]
     assert json.loads((tmp_path / "results" / "noise_floor.json").read_text()) == doc
     noise_floor.main(methods="fake", seeds="42,43,44", **dirs)
-    assert calls == [43, 44], "finished seeds of the same commit are reused"
+    assert calls == [43, 44], "finished seeds of the same commit are reused, a retried one too"
     lines = make_leaderboard.noise_floor_lines(doc)
     assert any("fake: MAE 7.00, 6.00, 7.00; SD 0.58 y" in line for line in lines), lines
+    twice = {**doc, "methods": {"fake": {**r, "trained_seeds": [42, 43, 43]}}}
+    assert any("a dead-output retry repeated a seed" in line for line in make_leaderboard.noise_floor_lines(twice))
     with pytest.raises(ValueError, match="unknown methods"):
         noise_floor.main(methods="nope", **dirs)
     with pytest.raises(ValueError, match="at least 2 seeds"):
