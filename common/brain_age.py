@@ -179,7 +179,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
                     build: Callable[[pd.DataFrame], RegressorSetup], seed: int, device: str, run_name: str | None,
                     runs_dir: str, results_dir: str, cache_dir: str, data_root: str | None,
                     max_per_split: int | None, resume: bool, fold: int = 0, selection: Selection = VAL_MAE,
-                    early_stopping_patience: int | None = None, exclude: RowExclusion | None = None,
+                    early_stopping_patience: int | None = None, stop_if_constant: int | None = None,
+                    exclude: RowExclusion | None = None,
                     annotate: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
                     permute_train_ages: bool = False) -> tuple[Path, pd.DataFrame, dict, float]:
     """Shared training run of a 3D brain-age regressor on outer fold ``fold`` of ``dataset``'s shared
@@ -190,6 +191,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     ``config.json``, with the precision in force as ``precision``. ``exclude`` removes rows the method cannot use (logged).
     ``annotate(frame)`` may add columns or move rows out of the ``train`` split after preprocessing
     (TSAN's out-of-fold stage 2); batches carry every column named in the model's ``extra_inputs``.
+    ``stop_if_constant``: :attr:`common.training.FitConfig.stop_if_constant`.
     ``permute_train_ages`` (the leakage check): the training rows' ages are shuffled among them, and
     the validation rows' among them, with ``seed`` before training, so neither the fit nor the epoch
     choice nor the bias correction sees a true age (test keeps its true ages); the run folder's
@@ -260,7 +262,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
         volume_loader(train_frame, hp["batch_size"], True, seed, setup.augment, columns),
         volume_loader(val_frame, 8, False, seed, columns=columns),
         dev, FitConfig(epochs=hp["epochs"], grad_clip=hp["grad_clip"], amp_dtype=autocast_dtype(precision), seed=seed,
-                       precise_bn=hp["precise_bn"], early_stopping_patience=early_stopping_patience),
+                       precise_bn=hp["precise_bn"], early_stopping_patience=early_stopping_patience,
+                       stop_if_constant=stop_if_constant),
         run_dir, logger, meta, resume=resume, bn_loader=volume_loader(train_frame, 8, False, seed, columns=columns),
         selection=selection)
     logger.close()

@@ -176,6 +176,9 @@ class FitConfig:
         max_nonfinite_steps: a step whose loss or gradient norm is NaN/inf is skipped (no update)
             with a warning; after this many consecutive ones the run stops with
             :class:`NonFiniteTrainingError`.
+        stop_if_constant: stop (with a warning) after this many consecutive epochs whose validation
+            predictions are all the same value: a dead output unit, which no later epoch revives
+            (None: never). The caller decides what to do with such a run (TSAN retries another seed).
     """
 
     epochs: int
@@ -186,6 +189,7 @@ class FitConfig:
     seed: int = 42
     precise_bn: bool = False
     max_nonfinite_steps: int = 5
+    stop_if_constant: int | None = None
 
 
 class NonFiniteGuard:
@@ -508,6 +512,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
     epoch = start_epoch - 1
     guard = NonFiniteGuard(cfg.max_nonfinite_steps)
     guard.total = resumed_nonfinite
+    constant = 0
     bar = progress(range(start_epoch, cfg.epochs), desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)
     for epoch in bar:
         seed_everything(cfg.seed + epoch)
@@ -546,6 +551,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
             best_score, best_epoch, stale = score, epoch, 0
         else:
             stale += 1
+        constant = constant + 1 if len(outputs) > 1 and float(np.ptp(outputs)) < 1e-6 else 0
         logger.log_epoch(epoch, {"loss/train": tr["loss"], "loss/val": val_loss, selection.name: score,
                                  "opt/lr": lr, "opt/max_grad_norm": tr["max_grad_norm"],
                                  "train/nonfinite_steps": tr["nonfinite_steps"],
@@ -573,6 +579,10 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
             save_torch(run_dir / "last.pt", state)
         if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
             log.info("early stopping at epoch %d (no improvement for %d epochs)", epoch, stale)
+            break
+        if cfg.stop_if_constant is not None and constant >= cfg.stop_if_constant:
+            log.warning("stopping at epoch %d: the validation predictions have been one constant value for %d epochs "
+                        "(a dead output)", epoch, constant)
             break
     distributed.release_workers()
     logger.log_hparams({f"best_{selection.name.replace('/', '_')}": best_score, "best_epoch": best_epoch})

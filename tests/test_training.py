@@ -106,3 +106,22 @@ def test_resume_drops_metrics_rows_without_checkpoint(tmp_path):
     metrics.write_text("\n".join(rows + [rows[-1].replace("1,", "2,", 1), "3,0.5,"]) + "\n")  # epoch 2 + torn line
     _, _, run_dir = _fit(tmp_path, frame, "cut", epochs=4, resume=True)
     assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [0, 1, 2, 3]
+
+
+class DeadRegressor(TinyRegressor):
+    """A final ReLU whose input is negative for everyone: the output is 0, and no gradient flows."""
+
+    def forward(self, x):
+        return torch.relu(self.net(x).squeeze(1) - 1e6)
+
+
+def test_a_dead_output_stops_after_stop_if_constant_epochs(tmp_path):
+    frame = _frame(tmp_path)
+    model, run_dir = DeadRegressor(), tmp_path / "dead"
+    logger = RunLogger(run_dir, {"test": True}, torch.device("cpu"))
+    out = fit_model(model, torch.optim.AdamW(model.parameters(), lr=1e-2), None, nn.HuberLoss(), *tiny_loaders(frame),
+                    torch.device("cpu"), FitConfig(epochs=10, stop_if_constant=3), run_dir, logger, {"method": "tiny"})
+    logger.close()
+    assert out["epochs_run"] == 3, "stopped once the validation predictions were constant for 3 epochs"
+    alive, _, _ = _fit(tmp_path, frame, "alive", epochs=4)
+    assert alive["epochs_run"] == 4

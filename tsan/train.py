@@ -254,6 +254,10 @@ STAGE1_ATTEMPTS = 3
 #: A retry's seed is ``seed + attempt * RETRY_SEED_STRIDE``: far from the neighbouring seeds a seed study
 #: (scripts/noise_floor.py) trains, so a retried seed 42 is never the same model as seed 43.
 RETRY_SEED_STRIDE = 1000
+#: Stage 1 stops after this many epochs of one constant validation prediction (a dead output, which no
+#: later epoch revived in any run here: the dead runs stayed at one value for all their 12 epochs), and
+#: is retried at once instead of training on.
+DEAD_EPOCHS = 3
 
 
 def load_best(run_dir: str | Path, device: str) -> tuple[torch.nn.Module, dict, torch.device]:
@@ -300,7 +304,8 @@ def train_stage1_alive(*, method: str, dataset: str, profile: str, hp: dict, see
             method=method, dataset=dataset, profile=profile, hp=hp, spec=_spec(hp), build=_stage1_build(hp, cache_dir),
             seed=attempt_seed, device=device, run_name=run_name, runs_dir=runs_dir, results_dir=results_dir,
             cache_dir=cache_dir, data_root=data_root, max_per_split=max_per_split, resume=resume and attempt == 0,
-            fold=fold, early_stopping_patience=hp["early_stopping"], exclude=UNKNOWN_SEX, annotate=annotate)
+            fold=fold, early_stopping_patience=hp["early_stopping"], stop_if_constant=DEAD_EPOCHS, exclude=UNKNOWN_SEX,
+            annotate=annotate)
         t_first = t0 if t_first is None else t_first
         if not constant_output(run_dir, frame[frame["split"] == "val"], device):
             return run_dir, frame, fit, t_first
