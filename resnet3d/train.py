@@ -50,21 +50,22 @@ PROFILES = {
     "paper": dict(image_size=96, spacing_mm=2.0, epochs=100, batch_size=2, lr=1e-5, weight_decay=1e-4,
                   warmup_epochs=5, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp_dtype="fp16",
                   init_bias_to_mean=False, precise_bn=False, flip_axes="0,1,2", pipeline="monai", smooth_fwhm_mm=0.0,
-                  acq_augment=0.0),
+                  acq_augment=0.0, intensity="zscore_nonzero"),
     "cpu": dict(image_size=48, spacing_mm=4.0, epochs=16, batch_size=4, lr=3e-4, weight_decay=1e-4,
                 warmup_epochs=1, min_lr=1e-6, huber_delta=1.0, dropout=0.3, grad_clip=1.0, amp_dtype="fp32",
                 init_bias_to_mean=True, precise_bn=True, flip_axes="0", pipeline="mni_brain", smooth_fwhm_mm=0.0,
-                acq_augment=0.0),
+                acq_augment=0.0, intensity="zscore_nonzero"),
 }
 
 
 def _augmentation(seed: int, flip_axes: tuple[int, ...] = (0, 1, 2), acq_augment: float = 0.0, spacing_mm: float = 2.0):
     """Source augmentation: flips along each axis of ``flip_axes`` (p=0.5 each; RAS order, so axis 0
-    is left-right), intensity scale and shift 0.1 (p=0.5 each); then, with ``acq_augment`` > 0, the
-    shared acquisition augmentation (blur, noise, small affine; :mod:`common.data.augment`)."""
+    is left-right), intensity scale and shift 0.1 (p=0.5 each); with ``acq_augment`` > 0 the shared
+    acquisition augmentation (blur, noise, small affine; :mod:`common.data.augment`) comes between the
+    flips and the intensity changes (it needs the background still at zero)."""
     flips = [RandFlip(prob=0.5, spatial_axis=a) for a in flip_axes]
-    return seeded([*flips, RandScaleIntensity(factors=0.1, prob=0.5), RandShiftIntensity(offsets=0.1, prob=0.5),
-                   *acquisition_augmentation(acq_augment, spacing_mm)], seed)
+    return seeded([*flips, *acquisition_augmentation(acq_augment, spacing_mm), RandScaleIntensity(factors=0.1, prob=0.5),
+                   RandShiftIntensity(offsets=0.1, prob=0.5)], seed)
 
 
 def _warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup: int, min_lr: float):
@@ -101,7 +102,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
           image_size: int | None = None, spacing_mm: float | None = None, amp_dtype: str | None = None,
           init_bias_to_mean: bool | None = None, precise_bn: bool | None = None, flip_axes: str | None = None,
           pipeline: str | None = None, smooth_fwhm_mm: float | None = None, acq_augment: float | None = None,
-          widths: str = "64,128,256,512", seed: int = 42,
+          intensity: str | None = None, widths: str = "64,128,256,512", seed: int = 42,
           device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
           results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
           resume: bool = False, publish: bool = True, fold: int | str = "all", permuted_ages: bool = False) -> str:
@@ -139,6 +140,9 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
             MNI grid, one effective resolution for scans acquired at 1-3 mm; 0 = none.
         acq_augment: probability of each acquisition augmentation (blur, noise, small affine;
             common/data/augment.py) in training; 0 = off (the source has none).
+        intensity: ``zscore_nonzero`` (z-score inside the brain, background 0; the source's
+            ``NormalizeIntensity(nonzero=True)``) or, ``mni_brain`` only, ``unit_brain`` (divided by
+            the brain's 99th percentile, background 0; common/data/standardize.py).
         widths: channels of the four ResNet stages, comma-separated.
         seed: random seed.
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda``...
@@ -166,13 +170,13 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr, huber_delta=huber_delta,
         dropout=dropout, grad_clip=grad_clip, amp_dtype=amp_dtype, init_bias_to_mean=init_bias_to_mean,
         precise_bn=precise_bn, flip_axes=flip_axes, pipeline=pipeline, smooth_fwhm_mm=smooth_fwhm_mm,
-        acq_augment=acq_augment)
+        acq_augment=acq_augment, intensity=intensity)
     hp = resolve_profile(PROFILES, profile, overrides)
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     hp["flip_axes"] = ",".join(str(a) for a in int_tuple(hp["flip_axes"]))
     hp["widths"] = list(int_tuple(widths))
     spec = VolumeSpec(shape=(hp["image_size"],) * 3, spacing_mm=(float(hp["spacing_mm"]),) * 3, pipeline=hp["pipeline"],
-                      smooth_fwhm_mm=float(hp["smooth_fwhm_mm"]))
+                      smooth_fwhm_mm=float(hp["smooth_fwhm_mm"]), intensity=hp["intensity"])
 
     def build(train_frame) -> RegressorSetup:
         train_mean = float(train_frame["age"].mean())

@@ -69,7 +69,7 @@ PROFILES = {
                   batch_size=32, stage2_batch_size=32, epochs=150, stage2_epochs=150, lr=1e-3, stage2_lr=1e-5,
                   weight_decay=5e-4, lbd=10.0, beta=1.0, dis_range=5.0, lr_patience=5, lr_factor=0.5,
                   early_stopping=20, grad_clip=None, amp_dtype="fp32", precise_bn=False, oof_folds=5, smooth_fwhm_mm=0.0,
-                  acq_augment=0.0, **_SOURCE_SORTER),
+                  acq_augment=0.0, intensity="zscore_nonzero", **_SOURCE_SORTER),
 }
 PROFILES["cpu"] = dict(PROFILES["paper"], registration="mni_brain", downsample=2, nb_filter=4, batch_size=8,
                        stage2_batch_size=8, epochs=12, stage2_epochs=6, oof_folds=2, sorter_hidden=128, sorter_steps=600,
@@ -82,7 +82,7 @@ UNKNOWN_SEX = (lambda frame: ~frame["sex"].isin(["M", "F"]), "sex unknown: TSAN 
 
 def _spec(hp: dict) -> VolumeSpec:
     return VolumeSpec(shape=(91, 109, 91), spacing_mm=(2.0, 2.0, 2.0), pipeline=hp["registration"],
-                      apply_mask=bool(hp["use_dataset_mask"]), intensity="zscore_nonzero",
+                      apply_mask=bool(hp["use_dataset_mask"]), intensity=hp.get("intensity", "zscore_nonzero"),
                       smooth_fwhm_mm=float(hp.get("smooth_fwhm_mm", 0.0)))
 
 
@@ -188,7 +188,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
                       downsample: int | None = None,
                       registration: str | None = None, use_dataset_mask: bool | None = None,
                       smooth_fwhm_mm: float | None = None, acq_augment: float | None = None,
-                      amp_dtype: str | None = None, seed: int = 42,
+                      intensity: str | None = None, amp_dtype: str | None = None, seed: int = 42,
                       device: str = "auto", run_name: str | None = None, runs_dir: str = "runs",
                       results_dir: str = "results", cache_dir: str = ".cache", max_per_split: int | None = None,
                       resume: bool = False, publish: bool = True, fold: int | str = "all") -> str:
@@ -212,8 +212,10 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
         smooth_fwhm_mm: ``mni_brain*`` only: Gaussian smoothing inside the brain (FWHM, mm), one
             effective resolution for scans acquired at 1-3 mm; 0 = none (the source).
         acq_augment: probability of each acquisition augmentation (blur, noise, small affine;
-            common/data/augment.py) in training; 0 = off (the source has none). Stage 2 takes both
-            from its first stage.
+            common/data/augment.py) in training; 0 = off (the source has none).
+        intensity: ``zscore_nonzero`` (z-score inside the brain, the source's) or, ``mni_brain*`` only,
+            ``unit_brain`` (divided by the brain's 99th percentile, background 0). Stage 2 takes
+            smoothing, augmentation and intensity from its first stage.
         amp_dtype: training precision: ``fp32`` (both profiles; the source trains in fp32), ``bf16``
             (autocast; fast only on CPUs with native bf16 or on GPUs) or ``fp16`` (CUDA only).
         seed: random seed.
@@ -234,7 +236,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
     overrides = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lbd=lbd, nb_filter=nb_filter, nb_block=nb_block, downsample=downsample,
         registration=registration, use_dataset_mask=use_dataset_mask, smooth_fwhm_mm=smooth_fwhm_mm,
-        acq_augment=acq_augment, amp_dtype=amp_dtype)
+        acq_augment=acq_augment, intensity=intensity, amp_dtype=amp_dtype)
     hp = resolve_profile(PROFILES, profile, overrides)
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)
     if resume and not run_name:
@@ -404,6 +406,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
     hp = resolve_profile(PROFILES, profile, {})
     hp.update({k: first_cfg[k] for k in ("registration", "use_dataset_mask", "downsample", "nb_filter", "nb_block")})
     hp.update({k: first_cfg.get(k, 0.0) for k in ("smooth_fwhm_mm", "acq_augment")})
+    hp["intensity"] = first_cfg.get("intensity", "zscore_nonzero")
     overrides = {"stage2_epochs": epochs, "stage2_batch_size": batch_size, "stage2_lr": lr, "lbd": lbd,
                  "dis_range": dis_range, "amp_dtype": amp_dtype}
     publish = publication(publish, results_dir, PROFILES, profile, overrides, max_per_split)

@@ -286,7 +286,9 @@ def to_method_grid(standard: StandardBrain, shape: tuple[int, int, int], spacing
     The 2 mm array is padded or cropped (centred) to the target field of view, then resized to
     ``shape`` with MONAI ``Resize`` (trilinear, ``anti_aliasing=True``: a Gaussian low-pass first, so
     a coarse grid does not alias). The intensities are z-scored over the brain (``zscore_nonzero``:
-    zero outside) or, with ``zscore_volume``, over the whole volume.
+    zero outside, which is the brain's mean, so a mask edge in dark CSF shows as a dark rim), over the
+    whole volume (``zscore_volume``), or divided by the brain's 99th percentile (``unit_brain``: the
+    background stays 0, as dark as CSF or darker, so the rim is hardly visible).
 
     Args:
         standard: the scan on the FSL 2 mm grid.
@@ -303,7 +305,7 @@ def to_method_grid(standard: StandardBrain, shape: tuple[int, int, int], spacing
 
     if min(spacing_mm) < 2.0:
         raise ValueError(f"the standard brain is stored at 2 mm; spacing {spacing_mm} would invent detail")
-    if intensity not in ("zscore_nonzero", "zscore_volume"):
+    if intensity not in ("zscore_nonzero", "zscore_volume", "unit_brain"):
         raise ValueError(f"unknown intensity normalisation {intensity!r}")
     fov = tuple(int(round(n * s / 2.0)) for n, s in zip(shape, spacing_mm))
     brain = smooth_inside_brain(standard.brain, standard.mask, smooth_fwhm_mm)
@@ -318,6 +320,8 @@ def to_method_grid(standard: StandardBrain, shape: tuple[int, int, int], spacing
     values = brain[mask]
     if intensity == "zscore_nonzero":
         out = np.where(mask, (brain - values.mean()) / max(float(values.std()), 1e-6), 0.0)
+    elif intensity == "unit_brain":
+        out = np.where(mask, np.clip(brain, 0.0, None) / max(float(np.percentile(values, 99.0)), 1e-6), 0.0)
     else:
         masked = np.where(mask, brain, 0.0)
         out = (masked - masked.mean()) / max(float(masked.std()), 1e-6)
