@@ -141,8 +141,8 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         acq_augment: probability of each acquisition augmentation (blur, noise, small affine;
             common/data/augment.py) in training; 0 = off (the source has none).
         intensity: ``zscore_nonzero`` (z-score inside the brain, background 0; the source's
-            ``NormalizeIntensity(nonzero=True)``) or, ``mni_brain`` only, ``unit_brain`` (divided by
-            the brain's 99th percentile, background 0; common/data/standardize.py).
+            ``NormalizeIntensity(nonzero=True)``) or, ``mni_brain`` only, ``scaled_brain`` (scaled so
+            the brain's 99th percentile is 5, background 0; common/data/standardize.py).
         widths: channels of the four ResNet stages, comma-separated.
         seed: random seed.
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda``...

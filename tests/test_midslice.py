@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import urllib.error
 
 import nibabel as nib
@@ -127,3 +129,14 @@ def test_method_name_says_where_the_weights_came_from(tmp_path):
     assert _method_name("IMAGENET1K_V1") == "midslice_resnet18_imagenet1k_v1"
     assert _method_name(str(ckpt)) == "midslice_resnet18_from_alz_resnet18"
     assert _method_name(str(plain)) == "midslice_resnet18_resnet18_custom"
+
+
+def test_in_domain_wrapper_needs_the_alz_resnet18_run(tmp_path):
+    import subprocess
+
+    env = {**os.environ, "RESULTS_DIR": str(tmp_path)}
+    out = subprocess.run(["bash", "midslice_classifier/train_from_alz.sh"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "alz_resnet18__alzheimer4.json not found" in out.stderr
+    (tmp_path / "alz_resnet18__alzheimer4.json").write_text(json.dumps({"run_dir": str(tmp_path / "gone")}))
+    out = subprocess.run(["bash", "midslice_classifier/train_from_alz.sh"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "best.pt" in out.stderr and "missing" in out.stderr

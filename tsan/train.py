@@ -214,7 +214,7 @@ def train_first_stage(dataset: str = "ixi_hh", profile: str | None = None, data_
         acq_augment: probability of each acquisition augmentation (blur, noise, small affine;
             common/data/augment.py) in training; 0 = off (the source has none).
         intensity: ``zscore_nonzero`` (z-score inside the brain, the source's) or, ``mni_brain*`` only,
-            ``unit_brain`` (divided by the brain's 99th percentile, background 0). Stage 2 takes
+            ``scaled_brain`` (scaled so the brain's 99th percentile is 5, background 0). Stage 2 takes
             smoothing, augmentation and intensity from its first stage.
         amp_dtype: training precision: ``fp32`` (both profiles; the source trains in fp32), ``bf16``
             (autocast; fast only on CPUs with native bf16 or on GPUs) or ``fp16`` (CUDA only).

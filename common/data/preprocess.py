@@ -43,8 +43,8 @@ class VolumeSpec:
         orientation: axis codes of the output (MONAI ``Orientation``), e.g. ``"RAS"``.
         intensity: ``"zscore_nonzero"`` (z-score over non-zero voxels, background stays 0)
             or ``"zscore_volume"`` (z-score over the whole volume), or, shared pipeline only,
-            ``"unit_brain"`` (divided by the brain's 99th percentile, background 0: as dark as
-            cerebrospinal fluid or darker, so where a mask ends in CSF matters little).
+            ``"scaled_brain"`` (scaled, not shifted: the brain's 99th percentile to 5, background 0,
+            as dark as cerebrospinal fluid or darker, so where a mask ends in CSF matters little).
         apply_mask: multiply by the dataset's brain mask (``mask_path``) before resampling.
         pipeline: ``"mni_brain"`` / ``"mni_brain_syn"``: the shared preprocessing of
             :mod:`common.data.standardize` (deepbet brain extraction, N4, affine / affine + SyN
@@ -127,7 +127,7 @@ def _nilearn_pipeline(data: np.ndarray, affine: np.ndarray, spec: VolumeSpec) ->
 #: Registration pipelines and their ANTs transform type.
 ANTS_PIPELINES = {"ants_affine_mni": "Affine", "ants_syn_mni": "SyN"}
 #: Intensity normalisations of :class:`VolumeSpec`.
-INTENSITIES = ("zscore_nonzero", "zscore_volume", "unit_brain")
+INTENSITIES = ("zscore_nonzero", "zscore_volume", "scaled_brain")
 #: The shared preprocessing (:mod:`common.data.standardize`) and its ANTs transform type.
 STANDARD_PIPELINES = {"mni_brain": "Affine", "mni_brain_syn": "SyN"}
 
@@ -169,8 +169,8 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
     """
     if spec.intensity not in INTENSITIES:
         raise ValueError(f"unknown intensity normalisation {spec.intensity!r}; choose from {INTENSITIES}")
-    if (spec.smooth_fwhm_mm or spec.intensity == "unit_brain") and spec.pipeline not in STANDARD_PIPELINES:
-        raise ValueError(f"smooth_fwhm_mm and unit_brain need a shared pipeline ({', '.join(STANDARD_PIPELINES)}), "
+    if (spec.smooth_fwhm_mm or spec.intensity == "scaled_brain") and spec.pipeline not in STANDARD_PIPELINES:
+        raise ValueError(f"smooth_fwhm_mm and scaled_brain need a shared pipeline ({', '.join(STANDARD_PIPELINES)}), "
                          f"not {spec.pipeline!r}")
     if spec.pipeline in STANDARD_PIPELINES:
         from common.data.standardize import StandardCache, standardize_brain, to_method_grid
