@@ -19,6 +19,7 @@ MAINJOB_METHODS = {
     "resnet3d_permuted_ages": ("resnet3d_permuted_ages__",), "oasis_resblock": ("oasis_resblock__",),
     "vgg16_svr": ("vgg16_svr_",), "midslice_classifier": ("midslice_resnet18__",), "alz_cnn": ("alz_",),
     "tsan": ("tsan_stage1__", "tsan_stage2__"),  # the non-default stage-2 variants are not in the main job
+    "midslice_from_alz": ("midslice_resnet18_from_alz_resnet18__",),
 }
 
 #: A single-split result's time, times this, estimates its cross-validated run (5 folds of similar size).

@@ -6,8 +6,9 @@
 #   METHODS=resnet3d DATASETS=ixi_hh PROFILE=cpu bash scripts/reproduce.sh
 #
 # METHODS   space/comma-separated subset of: reference resnet3d resnet3d_permuted_ages oasis_resblock
-#           vgg16_svr tsan midslice_classifier alz_cnn   (default: all; "reference" = mean-age predictor and ROI ridge;
-#           resnet3d_permuted_ages = the leakage check, resnet3d trained on permuted training ages, ixi_hh;
+#           vgg16_svr tsan midslice_classifier alz_cnn midslice_from_alz   (default: all; "reference" = mean-age
+#           predictor and ROI ridge; midslice_from_alz = the mid-slice classifier fine-tuned from alz_cnn's ResNet-18;
+#           resnet3d_permuted_ages = the leakage check, resnet3d trained and validated on permuted ages, ixi_hh;
 #           tsan runs stage 1 and the faithful stage 2; VARIANTS="faithful out_of_fold normalized_d"
 #           adds its stage-2 variants, see tsan/README.md)
 # DATASETS  space/comma-separated subset of: ixi_hh ds000228 alzheimer4   (default: all a method applies to)
@@ -41,7 +42,7 @@ if [[ -z "${DATA_ROOT:-}" ]]; then
 fi
 export DATA_ROOT
 PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; print(default_profile())')}"
-ALL_METHODS="reference resnet3d resnet3d_permuted_ages oasis_resblock vgg16_svr tsan midslice_classifier alz_cnn"
+ALL_METHODS="reference resnet3d resnet3d_permuted_ages oasis_resblock vgg16_svr tsan midslice_classifier alz_cnn midslice_from_alz"
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
@@ -71,12 +72,12 @@ fi
 declare -A APPLIES=( [reference]="ixi_hh ds000228" [resnet3d]="ixi_hh ds000228" [resnet3d_permuted_ages]="ixi_hh"
                      [oasis_resblock]="ixi_hh ds000228"
                      [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" [alz_cnn]="alzheimer4"
-                     [tsan]="ixi_hh ds000228" )
+                     [tsan]="ixi_hh ds000228" [midslice_from_alz]="ds000228" )
 declare -A SCRIPT=( [reference]="baselines/reference.sh" [resnet3d]="resnet3d/train.sh"
                     [resnet3d_permuted_ages]="resnet3d/train.sh"
                     [oasis_resblock]="baselines/oasis_resblock/train.sh" [vgg16_svr]="baselines/vgg16_svr/train.sh"
                     [midslice_classifier]="midslice_classifier/train.sh" [alz_cnn]="alz_cnn/compare_transfer.sh"
-                    [tsan]="tsan/train.sh" )
+                    [tsan]="tsan/train.sh" [midslice_from_alz]="midslice_classifier/train_from_alz.sh" )
 declare -A EXTRA_ARGS=( [resnet3d_permuted_ages]="--permuted_ages=True" )
 failed=()
 # The steps the job will run, and their expected time from the last run's result files.
