@@ -36,6 +36,7 @@ import torch
 from common.cli import run as run_cli
 from common.data.manifest import Exclusions, make_manifest, parse_age, parse_sex
 from common.data.preprocess import VolumeSpec, prepare_volumes, qc_records
+from common.data.standardize import SKULL_STRIPPED_BELOW
 from common.device import autocast_dtype, precision_of_run, select_device
 from common.io import write_csv, write_json
 from common.metrics import BiasCorrection, regression_metrics
@@ -386,7 +387,8 @@ def scan_warnings(frame: pd.DataFrame, models: list[FoldModel], qc: list[dict]) 
     """Per row, the reasons to distrust its prediction (``; ``-joined, empty when none): an age outside
     the training ages, sex unknown to a model that takes it, a brain volume outside the training scans'
     range (another input domain), and a registration to the template (Dice, similarity) worse than every
-    training scan's (a failed registration, or a header orientation that disagrees with the image);
+    training scan's (a failed registration, or a header orientation that disagrees with the image),
+    and a scan that arrived skull-stripped (:func:`common.data.standardize.extracerebral_signal`);
     the ranges are the checkpoint's ``input_reference``."""
     ranges = [m.checkpoint.get("train_age_range") for m in models if m.checkpoint.get("train_age_range")]
     low, high = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else (-np.inf, np.inf)
@@ -408,6 +410,10 @@ def scan_warnings(frame: pd.DataFrame, models: list[FoldModel], qc: list[dict]) 
                              "template failed or the header orientation disagrees with the image")
             elif key not in REGISTRATION_QC and not lo <= value <= hi:
                 notes.append(f"{key} {value:g} outside the training scans' {lo:g}-{hi:g}: another input domain")
+        if stats.get("extracerebral_signal", 1.0) < SKULL_STRIPPED_BELOW:
+            notes.append("the scan arrived skull-stripped (almost no signal outside the brain); the models here are "
+                         "trained on skull-on scans, and a mask from another tool moved resnet3d's prediction by 15-19 y "
+                         "in the invariance benchmark (benchmarks/BENCHMARKS.md): predict the original scan")
         out.append("; ".join(notes))
     return out
 

@@ -217,6 +217,13 @@ def test_scans_outside_the_training_input_domain_are_flagged(tmp_path):
     assert by_id["s0"] == by_id["s1"] == by_id["e0"] == "", "inside the range, or registered better than any training scan"
     assert "similarity 0.2 below every training scan's (0.6-0.65)" in by_id["s2"]
     assert "brain_volume_ml 1900 outside the training scans' 1200-1200: another input domain" in by_id["e1"]
+    stripped = write_volume(tmp_path / "stripped.nii.gz", seed=20)
+    cache.path_for(stripped).with_suffix(".json").write_text(json.dumps({"similarity": 0.62, "template_dice": 0.95,
+                                                                         "brain_volume_ml": 1200.0,
+                                                                         "extracerebral_signal": 0.0}))
+    frame = predict.input_table([str(stripped)])
+    (note,) = predict.scan_warnings(frame, [fold], qc_records(frame["image_path"], spec, tmp_path / "cache"))
+    assert "arrived skull-stripped" in note
 
 
 def test_vgg16_svr_keeps_its_fitted_models_safely_and_predicts(tmp_path, monkeypatch):

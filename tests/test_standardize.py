@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.data.checks import BadImageError, load_checked
-from common.data.standardize import StandardBrain, standardize_brain, to_method_grid
+from common.data.standardize import SKULL_STRIPPED_BELOW, StandardBrain, standardize_brain, to_method_grid
 from common.data.variants import standard_variants
 
 #: The acceptance criteria of the invariance test (inside the brain, against the native scan).
@@ -53,6 +53,8 @@ def test_preprocessed_brain_is_invariant_to_acquisition(native, variant):
     varied = standardize_brain(*standard_variants(mask)[variant](data, affine))
     corr, dice = _compare(reference, varied)
     assert corr >= MIN_CORRELATION and dice >= MIN_DICE, f"{variant}: correlation {corr:.3f}, Dice {dice:.3f}"
+    stripped = varied.qc["extracerebral_signal"] < SKULL_STRIPPED_BELOW  # predict warns on such a scan
+    assert stripped == (variant == "skull_stripped"), f"{variant}: extracerebral signal {varied.qc['extracerebral_signal']}"
 
 
 def test_tsan_paper_pipeline_syn_fits_the_template_closer(native):

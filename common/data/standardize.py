@@ -100,7 +100,9 @@ class StandardBrain:
             outside ``mask``.
         mask: bool (91, 109, 91) brain mask carried through the registration.
         qc: ``brain_volume_ml`` (native space), ``template_dice`` (mask vs the MNI brain mask),
-            ``similarity`` (correlation with the template inside the brain) and ``transform``.
+            ``similarity`` (correlation with the template inside the brain),
+            ``extracerebral_signal`` (:func:`extracerebral_signal`; entries cached before it existed
+            lack it) and ``transform``.
     """
 
     brain: np.ndarray
@@ -135,6 +137,32 @@ def extract_brain(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     except (AssertionError, ValueError) as err:
         raise BadImageError("", f"brain extraction failed (deepbet: {err})") from None
     return np.asarray(mask_img.dataobj) > 0
+
+
+#: A scan with less extracerebral signal than this (:func:`extracerebral_signal`) arrived skull-stripped.
+SKULL_STRIPPED_BELOW = 0.05
+
+
+def extracerebral_signal(data: np.ndarray, mask: np.ndarray) -> float:
+    """Voxels with signal outside the brain, per brain voxel: a skull-on T1 has scalp, fat and muscle
+    there (typically about as many voxels as the brain), a skull-stripped one almost none.
+
+    Counts the voxels more than 4 voxels outside ``mask`` (scipy ``binary_dilation``) brighter than 10% of
+    the brain's median intensity, divided by the brain's voxel count.
+
+    Args:
+        data: (X, Y, Z) intensities; mask: (X, Y, Z) bool brain mask.
+
+    Returns:
+        The ratio (0 for a scan with nothing outside the brain).
+    """
+    from scipy.ndimage import binary_dilation
+
+    if not mask.any():
+        return 0.0
+    outside = ~binary_dilation(mask, iterations=4)
+    threshold = 0.1 * float(np.median(data[mask]))
+    return float(np.count_nonzero(data[outside] > threshold)) / float(mask.sum())
 
 
 def n4_in_brain(data: np.ndarray, affine: np.ndarray, mask: np.ndarray, shrink_factor: int = N4_SHRINK) -> np.ndarray:
@@ -187,6 +215,7 @@ def standardize_brain(data: np.ndarray, affine: np.ndarray, transform: str = "Af
     if not BRAIN_VOLUME_ML[0] <= volume_ml <= BRAIN_VOLUME_ML[1]:
         raise BadImageError("", f"brain extraction gave {volume_ml:.0f} ml (plausible: {BRAIN_VOLUME_ML[0]:.0f}-"
                                 f"{BRAIN_VOLUME_ML[1]:.0f} ml)")
+    extracerebral = extracerebral_signal(data, mask)
     corrected = n4_in_brain(data, affine, mask) * mask
     template, template_mask = mni_template()
     fixed = _to_ants(template * template_mask, FSL_2MM_AFFINE)
@@ -200,7 +229,7 @@ def standardize_brain(data: np.ndarray, affine: np.ndarray, transform: str = "Af
     inside = warped_mask & template_mask
     similarity = float(np.corrcoef(warped[inside], template[inside])[0, 1]) if inside.sum() > 1000 else 0.0
     qc = {"brain_volume_ml": round(volume_ml, 1), "template_dice": round(dice, 4), "similarity": round(similarity, 4),
-          "transform": transform}
+          "extracerebral_signal": round(extracerebral, 4), "transform": transform}
     if dice < MIN_TEMPLATE_DICE:
         raise BadImageError("", f"registration to MNI failed (brain-mask Dice with the template {dice:.2f} < "
                                 f"{MIN_TEMPLATE_DICE})")
