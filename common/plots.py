@@ -66,7 +66,7 @@ def gap_vs_age(age: np.ndarray, predicted: np.ndarray, path: str | Path, title: 
 
 
 METRIC_LABELS = {"mae/val": "validation MAE (years)", "mse/val": "validation MSE (years²)",
-                 "acc/val": "validation accuracy"}
+                 "acc/val": "validation accuracy", "bacc/val": "validation balanced accuracy"}
 
 
 def training_curves(metrics_csv: str | Path, path: str | Path, title: str, metric: str = "mae/val",

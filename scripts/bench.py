@@ -285,8 +285,8 @@ PRECISION_MODULES = {"resnet3d": "resnet3d.train", "oasis_resblock": "baselines.
 def _run_summary(run_dir: Path) -> dict:
     """Best validation score, its epoch, skipped steps and seconds per epoch of a finished run."""
     metrics = __import__("pandas").read_csv(run_dir / "metrics.csv")
-    score = next(c for c in ("mae/val", "mse/val", "acc/val") if c in metrics.columns)
-    best = metrics[score].idxmin() if score != "acc/val" else metrics[score].idxmax()
+    score = next(c for c in ("mae/val", "mse/val", "acc/val", "bacc/val") if c in metrics.columns)
+    best = metrics[score].idxmin() if score.endswith(("mae/val", "mse/val")) else metrics[score].idxmax()
     return {"selection": score, "best_val": float(metrics.loc[best, score]), "best_epoch": int(metrics.loc[best, "epoch"]),
             "epochs": len(metrics), "nonfinite_steps": int(metrics.get("train/nonfinite_steps", [0]).sum()),
             "s_per_epoch": float(metrics["time/elapsed_s"].iloc[-1]) / len(metrics)}

@@ -29,7 +29,7 @@ from common.runlog import setup_logging  # noqa: E402
 log = logging.getLogger("validation_curves")
 
 #: Validation scores in the order they are looked for, and whether higher is better.
-SCORES = {"mae/val": False, "mse/val": False, "acc/val": True}
+SCORES = {"mae/val": False, "mse/val": False, "acc/val": True, "bacc/val": True}
 
 
 def fold_curves(run_root: Path) -> tuple[str, pd.DataFrame, pd.DataFrame] | None:
