@@ -190,7 +190,7 @@ def test_two_stages_end_to_end(tmp_path):
                         out_path=tsan.sorter_path(4, tsan.PROFILES["cpu"], dirs["cache_dir"], tied=tied))
     run1 = tsan.train_first_stage(dataset="study", profile="cpu", epochs=2, batch_size=4, nb_filter=2, nb_block=2,
                                   downsample=4, fold=0,
-                                  registration="monai", use_dataset_mask=False, run_name="s1", **dirs)
+                                  registration="monai", smooth_fwhm_mm=0.0, use_dataset_mask=False, run_name="s1", **dirs)
     assert Path(run1) == tmp_path / "runs" / "tsan_stage1" / "study" / "s1" / "fold0"
     doc1 = fold_result(run1, "tsan_stage1__study")
     assert doc1["fold"] == 0 and not (tmp_path / "results" / "tsan_stage1__study.json").exists(), "a fold result is not published"

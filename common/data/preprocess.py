@@ -171,7 +171,7 @@ def preprocess_volume(image_path: str | Path, spec: VolumeSpec, mask_path: str |
         raise ValueError(f"unknown intensity normalisation {spec.intensity!r}; choose from {INTENSITIES}")
     if (spec.smooth_fwhm_mm or spec.intensity == "scaled_brain") and spec.pipeline not in STANDARD_PIPELINES:
         raise ValueError(f"smooth_fwhm_mm and scaled_brain need a shared pipeline ({', '.join(STANDARD_PIPELINES)}), "
-                         f"not {spec.pipeline!r}")
+                         f"not {spec.pipeline!r}: pass --smooth_fwhm_mm=0 (and --intensity other than scaled_brain) with it")
     if spec.pipeline in STANDARD_PIPELINES:
         from common.data.standardize import StandardCache, standardize_brain, to_method_grid
 
