@@ -42,7 +42,7 @@ from common.metrics import classification_metrics
 from common.paths import find_data_root
 from common.plots import training_curves
 from common.runlog import RunLogger, environment_info, git_commit, setup_logging
-from common.training import VAL_ACCURACY, VAL_BALANCED_ACCURACY, FitConfig, fit_model, load_checkpoint, predict
+from common.training import VAL_ACCURACY, VAL_BALANCED_ACCURACY, FitConfig, adam, fit_model, load_checkpoint, predict
 
 log = logging.getLogger("alz_cnn")
 
@@ -271,7 +271,7 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
               "data_root": data_root, "results_dir": results_dir, "cache_dir": cache_dir, "class_names": class_names}
     logger = RunLogger(run_dir, config, dev, resume=resume)
     net = net.to(dev)
-    optimizer = torch.optim.Adam(net.parameters(), lr=hp["lr"])
+    optimizer = adam(net.parameters(), lr=hp["lr"])
     gen = torch.Generator().manual_seed(seed)
     meta = {"method": method, "model": model, "class_names": class_names, "weights": str(weights),
             "image_size": hp["image_size"], "commit": git_commit()}
@@ -482,7 +482,7 @@ def leaky(profile: str | None = None, dataset: str = DATASET, data_root: str | N
     logger = RunLogger(run_dir, config, dev)
     meta = {"method": LEAKY_METHOD, "model": "altzcnn", "class_names": class_names, "image_size": source["image_size"],
             "commit": git_commit()}
-    fit = fit_model(net, torch.optim.Adam(net.parameters(), lr=source["lr"]), None, torch.nn.CrossEntropyLoss(),
+    fit = fit_model(net, adam(net.parameters(), lr=source["lr"]), None, torch.nn.CrossEntropyLoss(),
                     DataLoader(AlzheimerSlices(pool, labels, rows["train"]), batch_size=source["batch_size"], shuffle=True,
                                generator=torch.Generator().manual_seed(seed)),
                     DataLoader(AlzheimerSlices(pool, labels, rows["val"]), batch_size=256), dev,

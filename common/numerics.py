@@ -10,9 +10,20 @@ from ``scripts/bench.py`` on a Zen 4: a real resnet3d IXI-HH epoch took 20.1 s p
 section; 21 s unpinned in the issue that asked for this), the bare training step 0.81 s pinned vs
 0.58 s native (``numerics`` section), so up to about 40% of the step where AVX-512 kernels are faster.
 
-:func:`pin_cpu_isa` therefore caps the three libraries at AVX2, the widest set every machine has,
-through their documented environment variables (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``,
-``MKL_CBWR``), and numpy's SIMD dispatch likewise (``NPY_DISABLE_CPU_FEATURES``). The torch ones are
+:func:`pin_cpu_isa` therefore caps ATen and oneDNN at AVX2, the widest set every machine has, puts MKL
+on its CPU-independent branch, all through their documented environment variables
+(``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_CBWR``), and caps numpy's SIMD dispatch likewise
+(``NPY_DISABLE_CPU_FEATURES``).
+
+Across CPU vendors, measured with per-kernel digests (``scripts/bench.py --sections=numerics``) on an
+Intel Xeon (AVX-512, AMX) and an AMD EPYC (AVX2 only): under this pin oneDNN's convolution, batch norm
+and pooling and ATen's reductions give the same bits on both. MKL differed in two places: its sgemm
+(matmul, linear) on the ``MKL_CBWR=AVX2`` branch, identical on both under ``COMPATIBLE`` (hence that
+value, about 30% slower on large matrices on the EPYC; convolutions do not use it), and its vector math
+library (VML: ``torch.exp``, ``log``, ``sqrt``, ``tanh`` and a few more on contiguous float tensors),
+which is vendor-specific under every ``MKL_CBWR`` value. Training avoids VML where it mattered, the
+optimizer's square root (:func:`common.training.adam`, the fused kernel); what still calls VML is listed
+in README.md. The torch ones are
 read lazily, at each library's first kernel, numpy's at its import, so setting them when
 :mod:`common` is imported (before any tensor operation; the method packages import it first) is
 enough; an explicit value set by the user is respected, and ``BRAINMRI_CPU_ISA=native`` turns the pinning off.
@@ -32,7 +43,9 @@ ISA_ENV = "BRAINMRI_CPU_ISA"
 AVX2_PIN = {
     "ATEN_CPU_CAPABILITY": "avx2",      # PyTorch's own vectorised kernels
     "ONEDNN_MAX_CPU_ISA": "AVX2",       # convolutions, pooling, batch norm (oneDNN)
-    "MKL_CBWR": "AVX2",                 # MKL conditional numerical reproducibility (matmul, linear)
+    # MKL's CPU-independent branch (matmul, linear): its sgemm gives the same bits on an Intel Xeon and an
+    # AMD EPYC, the AVX2 branch does not (benchmarks/BENCHMARKS.md, numerics section)
+    "MKL_CBWR": "COMPATIBLE",
     # numpy's own SIMD dispatch (sums, means: preprocessing); read when numpy is first imported
     "NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL "
                                 "AVX512_SPR",
@@ -63,7 +76,8 @@ def cpu_flags() -> set[str]:
 
 
 def pin_cpu_isa() -> dict[str, str]:
-    """Cap ATen, oneDNN and MKL at AVX2 on x86-64 CPUs that have it (see the module docstring).
+    """Cap ATen and oneDNN at AVX2 and put MKL on its CPU-independent branch, on x86-64 CPUs that have
+    AVX2 (see the module docstring).
 
     Variables the user already set are left as they are; nothing is set with
     ``BRAINMRI_CPU_ISA=native``, on non-x86 machines, or on CPUs without AVX2.

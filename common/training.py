@@ -61,6 +61,34 @@ def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
     return ckpt
 
 
+def adam(params, lr: float, weight_decay: float = 0.0, decoupled: bool = False, amsgrad: bool = False,
+         betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015), or AdamW (``decoupled=True``, Loshchilov & Hutter 2019), on the fused kernel.
+
+    Every method builds its Adam-family optimizer here. The fused kernel computes the update from
+    additions, multiplications, divisions and square roots of the instruction set ATen dispatches to
+    (pinned to AVX2 by :mod:`common.numerics`), all IEEE-exact, so the step is bit-identical on every CPU
+    that runs that instruction set. The unfused step takes ``exp_avg_sq.sqrt()`` from MKL's vector math
+    library (VML), whose float32 square root is not correctly rounded (measured: about 20% of values one
+    ulp off on an AMD EPYC) and takes a vendor-specific code path: the AdamW step was the one training
+    kernel whose digest differed between an Intel Xeon and an AMD EPYC in ``scripts/bench.py
+    --sections=numerics``. The fused step is also about 5x faster on CPU.
+
+    Args:
+        params: parameters or parameter groups (on CPU, CUDA or MPS).
+        lr, weight_decay, amsgrad, betas, eps: as ``torch.optim.Adam``.
+        decoupled: decoupled weight decay (``torch.optim.AdamW``) instead of L2 added to the gradient.
+
+    Returns:
+        The optimizer.
+
+    Raises:
+        RuntimeError: a parameter is on a device without a fused Adam kernel, or not floating point.
+    """
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, fused=True)
+
+
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
     if dtype is None:

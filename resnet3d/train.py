@@ -27,7 +27,7 @@ from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import int_tuple, publication, resolve_profile
 from common.runlog import setup_logging
-from common.training import warmup_factor
+from common.training import adam, warmup_factor
 from resnet3d.model import BrainAgeResNet3D
 
 log = logging.getLogger("resnet3d")
@@ -182,7 +182,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
         train_mean = float(train_frame["age"].mean())
         model = BrainAgeResNet3D(dropout=hp["dropout"], widths=tuple(hp["widths"]),
                                  init_age_bias=train_mean if hp["init_bias_to_mean"] else 0.0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        optimizer = adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], decoupled=True)
         return RegressorSetup(
             model=model, optimizer=optimizer,
             scheduler=_warmup_cosine(optimizer, hp["epochs"], hp["warmup_epochs"], hp["min_lr"]),

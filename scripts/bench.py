@@ -63,6 +63,7 @@ from common.data.sources import load_dataset  # noqa: E402
 from common.device import configure_cpu_threads, cpu_has_fast_bf16  # noqa: E402
 from common.io import atomic_write, write_json, write_text  # noqa: E402
 from common.paths import find_data_root  # noqa: E402
+from common.training import adam  # noqa: E402
 
 SECTIONS = ("preprocess", "loading", "models", "precision", "numerics", "mainjob", "standardize", "invariance")
 
@@ -164,7 +165,7 @@ def bench_loading(n: int, repeats: int, data_root: str | None) -> dict:
     frame = _frame("ixi_hh", n, data_root)
     torch.manual_seed(0)
     model = OasisResBlockRegressor()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"])
+    optimizer = adam(model.parameters(), lr=hp["lr"], weight_decay=0.01, decoupled=True)
     with tempfile.TemporaryDirectory() as tmp:
         ready = prepare_volumes(frame, spec, tmp, Exclusions(), workers=1)
         loaders = {
@@ -224,7 +225,7 @@ def _measure_model(name: str, mode: str, repeats: int, queue) -> None:
         model = model.to(memory_format=fmt)
         x = x.contiguous(memory_format=fmt)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=(mode == "bf16"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = adam(model.parameters(), lr=1e-4)
 
     def train_step():
         model.train()
@@ -302,9 +303,9 @@ NUMERICS_CONFIGS = {
     "avx2-pinned (default)": {},
     "avx2-pinned, oneDNN off": {"BRAINMRI_NO_ONEDNN": "1"},
     "native ISA": {numerics.ISA_ENV: "native"},
-    # MKL's CPU-independent code path: the candidate fix where the AVX2 branch still differs between
-    # CPU vendors (MKL documents its reproducibility modes for Intel CPUs)
-    "avx2-pinned, MKL_CBWR=COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"},
+    # MKL's AVX2 branch, the pin's MKL setting before MKL_CBWR=COMPATIBLE became the default (its sgemm
+    # differs between an Intel Xeon and an AMD EPYC; COMPATIBLE's does not)
+    "avx2-pinned, MKL_CBWR=AVX2": {"MKL_CBWR": "AVX2"},
 }
 
 
@@ -333,7 +334,7 @@ def op_fingerprints() -> dict[str, str]:
     v = torch.rand(100_003, generator=gen) + 0.5
     p = torch.nn.Parameter(torch.randn(1000, generator=gen))
     p.grad = torch.randn(1000, generator=gen)
-    opt = torch.optim.AdamW([p], lr=3e-4)
+    opt = adam([p], lr=3e-4, weight_decay=0.01, decoupled=True)
     opt.step()
     opt.step()
     rng = np.random.default_rng(7)
@@ -363,7 +364,7 @@ def _fingerprint_worker() -> None:
     configure_numerics(torch.device("cpu"), "fp32")
     torch.manual_seed(0)
     model = BrainAgeResNet3D(init_age_bias=40.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    opt = adam(model.parameters(), lr=3e-4, weight_decay=0.01, decoupled=True)
     gen = torch.Generator().manual_seed(1)
     times = []
     for _ in range(5):  # the first step (kernel set-up) is not timed
@@ -660,33 +661,42 @@ def _md(report: dict) -> str:
                        f"{r['peak_rss_mb']:.0f} |")
         out += ["", report.get("fast_path_verdict", ""), ""]
     if "numerics" in report:
+        machines = report["numerics"]["machines"]
+        configs = list(NUMERICS_CONFIGS) + [n for row in machines.values() for n in row["configs"]
+                                            if n not in NUMERICS_CONFIGS]
+        configs = list(dict.fromkeys(configs))
         out += ["## fp32 numerics fingerprint per CPU kind", "", _stamp(report, "numerics"), "",
                 "SHA-256 (first 16 hex digits) of the 3D ResNet-18's weights after 5 seeded fp32 AdamW steps at 48³ "
                 "(batch 4, 2 threads) in a fresh process, per kernel setting, and the median time of steps 2-5. "
                 "Rows of other machines are kept from "
                 "earlier runs: the same fingerprint on two CPU kinds means bit-identical fp32 training there.", "",
-                "| CPU (flags) | commit | " + " | ".join(NUMERICS_CONFIGS) + " |",
-                "|---|---|" + "---|" * len(NUMERICS_CONFIGS)]
-        for key, row in report["numerics"]["machines"].items():
+                "Settings are named as at their row's commit: until 2026-12-04 the default pin put MKL on its AVX2 "
+                "branch (`MKL_CBWR=AVX2`) and AdamW took the unfused step (square root from MKL's VML); since then it "
+                "is `MKL_CBWR=COMPATIBLE` and the fused step (`common.training.adam`).", "",
+                "| CPU (flags) | commit | " + " | ".join(configs) + " |",
+                "|---|---|" + "---|" * len(configs)]
+        for key, row in machines.items():
             cells = []
-            for name in NUMERICS_CONFIGS:
+            for name in configs:
                 c = row["configs"].get(name, {})
                 cells.append(f"`{c['sha256']}` ({c['cpu_capability']}, {c['step_s']:.2f} s/step)" if "sha256" in c
                              else c.get("error", "–"))
             out.append(f"| {key} | {row['commit']} | " + " | ".join(cells) + " |")
-        default = next(iter(NUMERICS_CONFIGS))
-        kinds = {k: r["configs"].get(default, {}).get("ops") for k, r in report["numerics"]["machines"].items()}
-        kinds = {k: ops for k, ops in kinds.items() if ops}
-        if kinds:
-            names = list(next(iter(kinds.values())))
-            out += ["", f"Per kernel, under {default}: the first 8 hex digits of the SHA-256 of each op's output on "
-                    "seeded data (`op_fingerprints`). Where two CPU kinds' training fingerprints differ, the ops whose "
-                    "digests differ are the cause (* marks a digest that differs from the first row's).", "",
-                    "| CPU | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-            first = next(iter(kinds.values()))
-            for key, ops in kinds.items():
-                out.append(f"| {key} | " + " | ".join(f"`{ops.get(n, '–')}`" + ("*" if ops.get(n) != first.get(n) else "")
-                                                      for n in names) + " |")
+        rows = [(key, name, row["commit"], c["ops"]) for key, row in machines.items()
+                for name, c in row["configs"].items() if c.get("ops")]
+        if rows:
+            default = next(iter(NUMERICS_CONFIGS))
+            newest = max(machines, key=lambda k: machines[k].get("date", ""))
+            ref = next((r for r in rows if r[0] == newest and r[1] == default), rows[0])
+            names = list(ref[3])
+            out += ["", "Per kernel: the first 8 hex digits of the SHA-256 of each op's output on seeded data "
+                    "(`op_fingerprints`), per CPU kind and setting. Where two training fingerprints differ, the ops "
+                    f"whose digests differ are the cause (* marks a digest that differs from the row of {newest}, "
+                    f"{default}, commit {ref[2]}).", "",
+                    "| CPU | setting | commit | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+            for key, name, commit, ops in rows:
+                out.append(f"| {key} | {name} | {commit} | " + " | ".join(
+                    f"`{ops.get(n, '–')}`" + ("*" if ops.get(n) != ref[3].get(n) else "") for n in names) + " |")
         out.append("")
     if "precision" in report:
         pr = report["precision"]

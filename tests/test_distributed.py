@@ -90,7 +90,8 @@ def test_tsan_stage1_cli_runs_under_torchrun(tmp_path):
     log = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "tsan.train", "train_first_stage",
           "--dataset=study", "--profile=cpu", "--epochs=2", "--batch_size=4", "--nb_filter=2", "--nb_block=2",
-          "--downsample=4", "--registration=monai", "--smooth_fwhm_mm=0", "--use_dataset_mask=False", "--run_name=ddp", "--fold=0",
+          "--downsample=4", "--registration=monai", "--smooth_fwhm_mm=0", "--use_dataset_mask=False", "--run_name=ddp",
+          "--fold=0",
           f"--data_root={tmp_path / 'data'}", f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
           f"--cache_dir={cache}"])
     run = tmp_path / "runs" / "tsan_stage1" / "study" / "ddp" / "fold0"

@@ -84,6 +84,30 @@ def test_importing_common_pins_every_kernel_library_to_avx2():
     assert native.strip() == "None", "BRAINMRI_CPU_ISA=native leaves the libraries alone"
 
 
+def test_mkl_is_pinned_to_its_cpu_independent_branch():
+    """MKL's AVX2 branch gave different sgemm bits on an Intel Xeon and an AMD EPYC; COMPATIBLE did not."""
+    assert numerics.AVX2_PIN["MKL_CBWR"] == "COMPATIBLE"
+    if "avx2" in numerics.cpu_flags():
+        assert _python("import common, os; print(os.environ.get('MKL_CBWR'))").strip() == "COMPATIBLE"
+
+
+def test_every_adam_step_is_ieee_exact_so_no_cpu_vendor_changes_it():
+    """The project's Adam/AdamW step (common.training.adam) uses only IEEE-exact vector arithmetic: with
+    betas 0 and eps 0 one step from zero is -g / sqrt(g * g) in float32, bit for bit. The unfused step
+    takes its square root from MKL's VML, which is not correctly rounded and differs between CPU vendors."""
+    from common.training import adam
+
+    g = torch.randn(100_003, generator=torch.Generator().manual_seed(0))
+    expected = torch.from_numpy(-(g.numpy() / np.sqrt(g.numpy() * g.numpy())))
+    for decoupled in (False, True):
+        param = nn.Parameter(torch.zeros_like(g))
+        param.grad = g.clone()
+        opt = adam([param], lr=1.0, betas=(0.0, 0.0), eps=0.0, decoupled=decoupled)
+        assert opt.defaults["fused"] is True
+        opt.step()
+        assert torch.equal(param.detach(), expected)
+
+
 def test_result_files_record_precision_and_cpu(tmp_path):
     from common.runlog import environment_info
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from common.distributed import gather_batch
 from common.io import save_torch
+from common.training import adam
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def pretrain_sorter(seq_len: int, steps: int = 3000, batch_size: int = 256, lr: 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     sorter = SoDeepSorter(seq_len, hidden)
-    optimizer = torch.optim.Adam(sorter.parameters(), lr=lr)
+    optimizer = adam(sorter.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, lr_step, 0.5)
     val_x = random_sequences(n_val, seq_len, rng, tied)
     val_y = _ranks(val_x)

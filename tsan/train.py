@@ -35,7 +35,7 @@ from common.device import default_profile, select_device
 from common.experiment import default_run_name, publication, resolve_profile, run_folder
 from common.io import write_csv, write_json
 from common.runlog import setup_logging
-from common.training import load_checkpoint, predict
+from common.training import adam, load_checkpoint, predict
 from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense, discretize_age, init_weights
 from tsan.ranking import RankingLoss, TSANLoss, load_sorter, pretrain_sorter
 
@@ -179,7 +179,7 @@ def _stage1_build(hp: dict, cache_dir: str) -> Callable[[pd.DataFrame], Regresso
         args = {"nb_filter": hp["nb_filter"], "nb_block": hp["nb_block"], "downsample": hp["downsample"]}
         model = build_first_stage(args)
         model.apply(init_weights)
-        optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=True)
+        optimizer = adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=True)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["lr_factor"], patience=hp["lr_patience"])
         return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss, augment=_augment(hp),
                               checkpoint_meta={"model_args": args, "sorter": sorter_report})

@@ -26,7 +26,7 @@ from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import publication, resolve_profile
 from common.runlog import setup_logging
-from common.training import VAL_MSE, WarmupThenPlateau
+from common.training import VAL_MSE, WarmupThenPlateau, adam
 
 log = logging.getLogger("oasis_resblock")
 
@@ -145,7 +145,7 @@ def train(dataset: str = "ixi_hh", profile: str | None = None, data_root: str | 
     def build(train_frame) -> RegressorSetup:
         mean, std = float(train_frame["age"].mean()), float(train_frame["age"].std())
         model = DenormalisedAge(OasisResBlockRegressor(), mean, std)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        optimizer = adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], decoupled=True)
         scheduler = WarmupThenPlateau(optimizer, hp["warmup_epochs"], hp["plateau_factor"], hp["plateau_patience"],
                                       hp["min_lr"])
         return RegressorSetup(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=ZScoredMSE(mean, std),
