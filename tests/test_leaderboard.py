@@ -93,3 +93,28 @@ def test_committed_leaderboard_matches_committed_results(tmp_path):
     make_leaderboard.main(str(tmp_path / "results"), str(tmp_path / "README.md"))
     assert (tmp_path / "results" / "LEADERBOARD.md").read_text() == (REPO / "results" / "LEADERBOARD.md").read_text()
     assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text()
+
+
+def _classifier(method: str, bacc: float, **extra) -> dict:
+    metrics = {"accuracy": bacc, "accuracy_ci95": [bacc - 0.02, bacc + 0.02], "balanced_accuracy": bacc,
+               "balanced_accuracy_ci95": [bacc - 0.02, bacc + 0.02], "macro_f1": bacc, "majority_class_rate": 0.5,
+               "per_class_recall": {"Mild": bacc, "Non": bacc}, "confusion_matrix": [[5, 5], [5, 5]]}
+    return {"method": method, "method_label": method.upper(), "dataset": "alzheimer4", "task": "classification",
+            "subject_split": False, "profile": "cpu", "n_subjects": {"train": 10, "val": 2, "test": 20, "unit": "images"},
+            "wall_time_s": 60.0, "commit": "abc1234", "_file": f"{method}__alzheimer4.json",
+            "metrics": {**metrics, **extra}}
+
+
+def test_transfer_rows_at_chance_leave_the_table_and_the_leaky_row_stands_apart(tmp_path):
+    docs = [_classifier("alz_altzcnn", 0.33), _classifier("alz_resnet18", 0.55), _classifier("alz_resnet50", 0.30),
+            _classifier("alz_altzcnn_leaky_emulation", 0.90, test_images_with_original_in_train=0.8,
+                        original_not_in_train={"accuracy": 0.6})]
+    board = make_leaderboard.render(docs, tmp_path)
+    ranked = board[:board.index("Leaky protocol")]
+    assert "| ALZ_RESNET18 |" in ranked or "**ALZ_RESNET18**" in ranked
+    assert "ALZ_ALTZCNN |" in ranked, "the source's own model keeps its honest row, whatever it scores"
+    assert "ALZ_RESNET50" not in ranked and "ALZ_ALTZCNN_LEAKY" not in ranked
+    leaky = board[board.index("Leaky protocol"):]
+    assert "not a generalisation result" in leaky and "| ALZ_ALTZCNN_LEAKY_EMULATION | cpu | 20 | 0.900" in leaky
+    assert "0.800 | 0.600" in leaky
+    assert "not trained enough" in board and "ALZ_RESNET50 on alzheimer4, cpu: balanced accuracy 0.300" in board
