@@ -118,6 +118,11 @@ HYPERPARAMETERS["altzcnn"]["cpu"] = dict(_ALTZ_PAPER, epochs=7, checkpoint="best
 for _name in ("resnet18", "resnet50", "resnet50_dora", "efficientnet_b0", "efficientnet_b0_dora"):
     HYPERPARAMETERS[_name]["cpu"] = dict(_CPU_TRANSFER)
 HYPERPARAMETERS["vit_b_16"]["cpu"] = dict(_CPU_TRANSFER, max_train_images=512)
+#: ResNet-18 is the in-domain starting point of ``midslice_classifier --weights`` (the
+#: ``midslice_from_alz`` row), so it must learn something: 8 epochs (the checkpoint still chosen by
+#: validation balanced accuracy). One epoch left it predicting NonDemented for every image (validation
+#: balanced accuracy 0.34 after its first epoch in an 8-epoch run, 2026-12-04).
+HYPERPARAMETERS["resnet18"]["cpu"] = dict(_CPU_TRANSFER, epochs=8)
 
 
 def method_name(model: str, class_weighted: bool = False) -> str:

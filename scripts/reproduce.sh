@@ -61,7 +61,12 @@ SPLIT_DATASETS=$(for d in $DATASETS; do [[ "$d" == alzheimer4 ]] || printf '%s,'
 [[ -n "$SPLIT_DATASETS" ]] && python scripts/make_splits.py --datasets="${SPLIT_DATASETS%,}"
 
 # The shared preprocessing (brain extraction, N4, registration), once for every brain-age method.
-if [[ -n "$SPLIT_DATASETS" && " $METHODS " != " alz_cnn " ]]; then
+# Only the brain-age methods read it (the mid-slice classifiers read the raw mid-slice, alz_cnn JPEGs).
+NEEDS_PREPROCESSING=""
+for m in resnet3d resnet3d_permuted_ages oasis_resblock vgg16_svr tsan; do
+  [[ " $METHODS " == *" $m "* ]] && NEEDS_PREPROCESSING=yes
+done
+if [[ -n "$SPLIT_DATASETS" && -n "$NEEDS_PREPROCESSING" ]]; then
   start=$SECONDS
   echo "[reproduce] $(date -u +%H:%M:%S) shared preprocessing of ${SPLIT_DATASETS%,} (cached; log: $LOG_DIR/preprocess.log)"
   if python scripts/preprocess.py --datasets="${SPLIT_DATASETS%,}" > "$LOG_DIR/preprocess.log" 2>&1; then status=ok; else status=FAILED; fi
