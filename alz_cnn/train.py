@@ -548,7 +548,7 @@ def summarize(results_dir: str = "results", figures_dir: str = "alz_cnn/figures"
     """
     import shutil
 
-    from scripts.make_leaderboard import replace_block
+    from common.io import replace_block
 
     figures = Path(figures_dir)
     figures.mkdir(parents=True, exist_ok=True)

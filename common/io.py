@@ -66,3 +66,22 @@ def _clean(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
         return _clean(obj.item())
     return obj
+
+
+def replace_block(path: Path, start: str, end: str, body: str) -> bool:
+    """Replace the text between ``start`` and ``end`` in ``path`` (a generated block of a README); returns True if it changed.
+
+    Files without both markers are left alone. Unchanged content is not rewritten.
+    """
+    if not path.exists():
+        return False
+    content = path.read_text()
+    if start not in content or end not in content:
+        return False
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{body}{end}{tail}"
+    if new == content:
+        return False
+    write_text(path, new)
+    return True

@@ -20,7 +20,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.cli import run as run_cli  # noqa: E402
-from common.io import write_text  # noqa: E402
+from common.io import replace_block, write_text  # noqa: E402
 
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 
@@ -408,25 +408,6 @@ def noise_floor_lines(doc: dict) -> list[str]:
                 "distinct models)") if len(set(trained)) < len(trained) else ""
         lines.append(f"- {method}: MAE {', '.join(_f(v) for v in r['mae'])}; SD {_f(r['sd'])} y{note}")
     return lines
-
-
-def replace_block(path: Path, start: str, end: str, body: str) -> bool:
-    """Replace the text between ``start`` and ``end`` in ``path``; returns True if it changed.
-
-    Files without both markers are left alone. Unchanged content is not rewritten.
-    """
-    if not path.exists():
-        return False
-    content = path.read_text()
-    if start not in content or end not in content:
-        return False
-    head, rest = content.split(start, 1)
-    _, tail = rest.split(end, 1)
-    new = f"{head}{start}\n{body}{end}{tail}"
-    if new == content:
-        return False
-    write_text(path, new)
-    return True
 
 
 def main(results_dir: str = "results", readme: str = "README.md", method_readmes: bool = True,

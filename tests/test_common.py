@@ -77,3 +77,24 @@ def test_resolve_profile_rejects_unknown_settings():
         resolve_profile(profiles, "gpu", {})
     with pytest.raises(ValueError, match="not a profile setting"):
         resolve_profile(profiles, "cpu", {"lrr": 3})
+
+
+def test_imports_run_one_way():
+    """scripts/ may import method folders and common/; a method folder imports only common/ (never scripts/
+    or another method); common/ imports no method (DESIGN.md, layout)."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    methods = {"tsan", "resnet3d", "baselines", "midslice_classifier", "alz_cnn"}
+    wrong = []
+    for folder in sorted(methods | {"common"}):
+        for path in (repo / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+                for name in names:
+                    top = name.split(".")[0]
+                    if top == "scripts" or (top in methods and top != folder):
+                        wrong.append(f"{path.relative_to(repo)} imports {name}")
+    assert not wrong, wrong
