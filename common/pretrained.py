@@ -28,7 +28,12 @@ def describe_weights(weights: str) -> str:
     if weights in ("none", "", None):
         return "random initialisation (no pretrained weights)"
     if Path(weights).exists():
-        return f"state dict from {Path(weights).name}"
+        try:  # a checkpoint of this repository names the method that trained it
+            method = torch.load(weights, map_location="cpu", weights_only=True).get("method")
+        except Exception:  # noqa: BLE001 (a plain or unreadable state dict: its file name is all we can say)
+            method = None
+        return f"fine-tuned from the {method} checkpoint {Path(weights).name}" if method else \
+            f"state dict from {Path(weights).name}"
     return f"torchvision {weights}"
 
 

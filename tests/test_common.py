@@ -98,3 +98,13 @@ def test_imports_run_one_way():
                     if top == "scripts" or (top in methods and top != folder):
                         wrong.append(f"{path.relative_to(repo)} imports {name}")
     assert not wrong, wrong
+
+
+def test_weights_provenance_names_the_method_of_a_repository_checkpoint(tmp_path):
+    from common.pretrained import describe_weights
+
+    torch.save({"method": "alz_resnet18", "model_state": {}}, tmp_path / "best.pt")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "plain.pt")
+    assert describe_weights(str(tmp_path / "best.pt")) == "fine-tuned from the alz_resnet18 checkpoint best.pt"
+    assert describe_weights(str(tmp_path / "plain.pt")) == "state dict from plain.pt"
+    assert describe_weights("none").startswith("random initialisation")
