@@ -13,7 +13,10 @@ section; 21 s unpinned in the issue that asked for this), the bare training step
 :func:`pin_cpu_isa` therefore caps ATen and oneDNN at AVX2, the widest set every machine has, puts MKL
 on its CPU-independent branch, all through their documented environment variables
 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_CBWR``), and caps numpy's SIMD dispatch likewise
-(``NPY_DISABLE_CPU_FEATURES``).
+(``NPY_DISABLE_CPU_FEATURES``). The torch ones are read lazily, at each library's first kernel, numpy's
+at its import, so setting them when :mod:`common` is imported (before any tensor operation; the method
+packages import it first) is enough; an explicit value set by the user is respected, and
+``BRAINMRI_CPU_ISA=native`` turns the pinning off.
 
 Across CPU vendors, measured with per-kernel digests (``scripts/bench.py --sections=numerics``) on an
 Intel Xeon (AVX-512, AMX) and an AMD EPYC (AVX2 only): under this pin oneDNN's convolution, batch norm
@@ -23,10 +26,7 @@ value, about 30% slower on large matrices on the EPYC; convolutions do not use i
 library (VML: ``torch.exp``, ``log``, ``sqrt``, ``tanh`` and a few more on contiguous float tensors),
 which is vendor-specific under every ``MKL_CBWR`` value. Training avoids VML where it mattered, the
 optimizer's square root (:func:`common.training.adam`, the fused kernel); what still calls VML is listed
-in README.md. The torch ones are
-read lazily, at each library's first kernel, numpy's at its import, so setting them when
-:mod:`common` is imported (before any tensor operation; the method packages import it first) is
-enough; an explicit value set by the user is respected, and ``BRAINMRI_CPU_ISA=native`` turns the pinning off.
+in README.md.
 
 This module imports nothing heavy (no torch), so every entry point can import it first.
 """

@@ -7,9 +7,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 # Environment: RESULTS_DIR (results), and those of midslice_classifier/train.sh.
-for arg in "$@"; do  # help needs no checkpoint
-  if [[ "$arg" == "--help" || "$arg" == "-h" ]]; then exec bash midslice_classifier/train.sh "$@"; fi
-done
+help_requested "$@" && exec bash midslice_classifier/train.sh "$@"  # help needs no checkpoint
 result="${RESULTS_DIR:-results}/alz_resnet18__alzheimer4.json"
 if [[ ! -f "$result" ]]; then
   echo "error: $result not found: train the alz_cnn ResNet-18 first (MODEL=resnet18 bash alz_cnn/train.sh)" >&2

@@ -308,8 +308,8 @@ def classification_section(dataset: str, docs: list[dict], results_dir: Path) ->
                          f"{_f(d['metrics']['accuracy'], 3)}{_ci3(d['metrics'].get('accuracy_ci95'))}",
                          _f(d["metrics"]["balanced_accuracy"], 3),
                          _f(d["metrics"].get("test_images_with_original_in_train"), 3),
-                         _f(d["metrics"].get("original_not_in_train", {}).get("accuracy"), 3), *_tail(d)[:1],
-                         _tail(d)[-1]] for d in leaky])]
+                         _f(d["metrics"].get("original_not_in_train", {}).get("accuracy"), 3),
+                         _reported(d.get("source_reported")), str(d.get("commit", "?"))[:8]] for d in leaky])]
     return out
 
 
