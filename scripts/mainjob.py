@@ -25,19 +25,25 @@ MAINJOB_METHODS = {
 #: A single-split result's time, times this, estimates its cross-validated run (5 folds of similar size).
 SINGLE_SPLIT_TO_CV = 5
 
+#: Datasets that keep their published train/test folders (no cross-validation): their single-split
+#: result is the whole step, not one fold of five.
+PUBLISHED_SPLIT_DATASETS = ("alzheimer4",)
+
 #: Methods whose result files of one dataset come from one process (each file carries its total time).
 ONE_RUN_PER_DATASET = {"vgg16_svr"}
 
 
 def last_wall_time(method: str, dataset: str, results_dir: str | Path = "results") -> float | None:
     """Seconds the committed results of ``method`` on ``dataset`` took (None: no result yet). A result
-    of the old single-split protocol (no ``folds`` entry) counts once per cross-validation fold."""
+    of the old single-split protocol (no ``folds`` entry) on a cross-validated dataset counts once per
+    fold; one on a dataset with published folders (``PUBLISHED_SPLIT_DATASETS``) counts once."""
+    scale = 1 if dataset in PUBLISHED_SPLIT_DATASETS else SINGLE_SPLIT_TO_CV
     times = []
     for prefix in MAINJOB_METHODS.get(method, ()):
         for path in Path(results_dir).glob(f"{prefix}*{dataset}.json" if prefix.endswith("_") else f"{prefix}{dataset}.json"):
             if path.stem.split("__")[-1] == dataset:
                 doc = json.loads(path.read_text())
-                times.append(float(doc.get("wall_time_s") or 0.0) * (1 if "folds" in doc else SINGLE_SPLIT_TO_CV))
+                times.append(float(doc.get("wall_time_s") or 0.0) * (1 if "folds" in doc else scale))
     if not times:
         return None
     return max(times) if method in ONE_RUN_PER_DATASET else sum(times)

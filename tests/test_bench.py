@@ -27,6 +27,8 @@ def test_mainjob_eta_scales_single_split_results_to_the_folds(tmp_path):
     assert mainjob.last_wall_time("resnet3d", "ixi_hh", tmp_path) == 100.0 * mainjob.SINGLE_SPLIT_TO_CV
     assert mainjob.last_wall_time("resnet3d", "ds000228", tmp_path) == 400.0, "a pooled result already sums its folds"
     assert mainjob.last_wall_time("tsan", "ixi_hh", tmp_path) is None
+    (tmp_path / "alz_altzcnn__alzheimer4.json").write_text(json.dumps({"wall_time_s": 50.0}))
+    assert mainjob.last_wall_time("alz_cnn", "alzheimer4", tmp_path) == 50.0, "published folders: one run, not 5 folds"
 
 
 def test_mainjob_report_of_a_finished_and_of_a_stopped_job(tmp_path):
