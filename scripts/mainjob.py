@@ -1,7 +1,7 @@
 """What the main job (scripts/reproduce.sh) runs per method, and how long it took last time.
 
     python scripts/mainjob.py eta resnet3d ixi_hh     # seconds the last run took (from results/), or "?"
-    python scripts/mainjob.py report runs/logs/mainjob_steps.tsv results/BENCHMARKS.md
+    python scripts/mainjob.py report results/mainjob_steps.tsv results/BENCHMARKS.md
                                                      # the main job's measured wall time, split per step
 
 Kept free of heavy imports so that the main job can ask it before every step.
@@ -52,43 +52,76 @@ def last_wall_time(method: str, dataset: str, results_dir: str | Path = "results
 def report(steps_tsv: str | Path, out_md: str | Path) -> str:
     """Write the main job's measured wall time, split per step, to ``out_md``.
 
+    The job of one commit can take several invocations (a stopped job goes on where it stopped, on
+    the next machine a session gets): ``scripts/reproduce.sh`` appends every invocation of the same
+    commit to one record, and the report sums them, naming each invocation's machine.
+
     Args:
-        steps_tsv: the lines ``scripts/reproduce.sh`` appends per step: ``step<TAB>seconds<TAB>status
-            <TAB>reused folds`` (``status`` ok or FAILED; reused folds: finished folds a resumed job took over
-            instead of training, so its time is not the cold-cache time), ``profile``, ``commit`` and
-            ``machine`` (CPU model, cores) lines, and at the end a ``total`` line. Without ``total`` the job
-            is still running (or was stopped): the report says so and sums the steps done.
+        steps_tsv: the record ``scripts/reproduce.sh`` writes, one block per invocation: an
+            ``invocation`` line (UTC start), then ``profile``, ``commit`` and ``machine`` (CPU model,
+            cores) lines, then per step ``step<TAB>seconds<TAB>status<TAB>reused folds`` (``status``
+            ok or FAILED; reused folds: finished folds taken over from an earlier invocation: their
+            time is in that invocation's line of the step when it finished the step, and in no line when it
+            was stopped during it (the result files' per-fold ``wall_time_s`` still hold it)), and a
+            ``total`` line when the invocation ended. A block without ``total`` was still running or was
+            stopped; its steps done are counted. A record written before invocations were kept has no
+            ``invocation`` line: it is one block.
         out_md: the Markdown file to write (``results/BENCHMARKS.md``).
 
     Returns:
         The Markdown text written.
 
     Raises:
-        ValueError: a line that is not four tab-separated fields.
+        ValueError: a line that is not four tab-separated fields, or blocks of different commits.
     """
-    rows, meta = [], {}
+    blocks: list[dict] = []
     for line in Path(steps_tsv).read_text().splitlines():
         fields = line.split("\t")
         if len(fields) != 4:
             raise ValueError(f"{steps_tsv}: expected 4 tab-separated fields, got {line!r}")
-        if fields[0] in ("total", "machine", "commit", "profile"):
-            meta[fields[0]] = fields[1]
+        key = fields[0]
+        if not blocks or key == "invocation" or (key == "profile" and "profile" in blocks[-1]["meta"]):
+            blocks.append({"meta": {}, "rows": []})
+        if key in ("invocation", "total", "machine", "commit", "profile"):
+            blocks[-1]["meta"][key] = fields[1]
         else:
-            rows.append(fields)
-    finished = "total" in meta
-    total = float(meta["total"]) if finished else sum(float(r[1]) for r in rows)
-    reused = sum(int(r[3] or 0) for r in rows)
+            blocks[-1]["rows"].append(fields)
+    commits = {b["meta"].get("commit", "?") for b in blocks}
+    if len(commits) > 1:
+        raise ValueError(f"{steps_tsv}: invocations of different commits {sorted(commits)}; one record per commit")
+    for b in blocks:
+        b["seconds"] = float(b["meta"]["total"]) if "total" in b["meta"] else sum(float(r[1]) for r in b["rows"])
+    total = sum(b["seconds"] for b in blocks)
+    reused = sum(int(r[3] or 0) for b in blocks for r in b["rows"])
+    stopped = [i + 1 for i, b in enumerate(blocks) if "total" not in b["meta"]]
+    machines = sorted({b["meta"].get("machine", "?") for b in blocks})
+    meta = blocks[0]["meta"] if blocks else {}
+    if not stopped and len(blocks) == 1:
+        headline = f"**Total: {total / 60:.1f} min** (budget: 150 min)"
+    elif not stopped:
+        headline = f"**Total: {total / 60:.1f} min over {len(blocks)} invocations** (budget: 150 min)"
+    else:
+        headline = (f"**Not finished: {total / 60:.1f} min for the steps done so far** (budget: 150 min; invocation "
+                    f"{', '.join(map(str, stopped))} was still running or was stopped, and the job goes on where it "
+                    "stopped when run again)")
     lines = ["# Main job wall time", "",
              f"Measured end to end by `scripts/reproduce.sh` itself (profile {meta.get('profile', '?')}, commit "
-             f"{meta.get('commit', '?')}, {meta.get('machine', '?')}). Written by `python scripts/mainjob.py report`; "
+             f"{meta.get('commit', '?')}, {'; '.join(machines)}). Written by `python scripts/mainjob.py report`; "
              "do not edit by hand.", "",
-             (f"**Total: {total / 60:.1f} min** (budget: 150 min)" if finished else
-              f"**Not finished: {total / 60:.1f} min for the {len(rows)} steps done so far** (budget: 150 min; the job "
-              "was still running or was stopped, and goes on where it stopped when run again)") + (
-                 f"; {reused} finished folds were reused from an earlier, interrupted invocation of the same commit, "
-                 "so this is not a cold-cache time" if reused else "; nothing reused (cold start)"), "",
-             "| step | minutes | status | folds reused |", "|---|---|---|---|"]
-    lines += [f"| {r[0]} | {float(r[1]) / 60:.1f} | {r[2]} | {r[3] or 0} |" for r in rows]
+             headline + (f"; {reused} finished folds were reused from an earlier invocation of the same commit "
+                         "(their time is counted where that invocation finished the step; a step stopped midway "
+                         "has no line)" if reused else
+                         "; nothing reused (cold start)"), ""]
+    if len(blocks) > 1:
+        lines += ["| invocation | started (UTC) | machine | minutes | ended |", "|---|---|---|---|---|"]
+        lines += [f"| {i + 1} | {b['meta'].get('invocation', '?')} | {b['meta'].get('machine', '?')} | "
+                  f"{b['seconds'] / 60:.1f} | {'yes' if 'total' in b['meta'] else 'stopped'} |" for i, b in enumerate(blocks)]
+        lines.append("")
+    lines += ["| step | minutes | status | folds reused |" + (" invocation |" if len(blocks) > 1 else ""),
+              "|---|---|---|---|" + ("---|" if len(blocks) > 1 else "")]
+    for i, b in enumerate(blocks):
+        lines += [f"| {r[0]} | {float(r[1]) / 60:.1f} | {r[2]} | {r[3] or 0} |" + (f" {i + 1} |" if len(blocks) > 1 else "")
+                  for r in b["rows"]]
     text = "\n".join(lines) + "\n"
     Path(out_md).write_text(text)
     return text

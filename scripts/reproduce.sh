@@ -47,10 +47,14 @@ METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
 CV_RUN_NAME="${RUN_NAME:-main-$PROFILE}"
-STEPS_TSV="$LOG_DIR/mainjob_steps.tsv"
-{ printf 'profile\t%s\t\t\n' "$PROFILE"
-  printf 'commit\t%s\t\t\n' "$(python -c 'from common.runlog import git_commit; print(git_commit())')"
-  printf 'machine\t%s, %s cores\t\t\n' "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)" "$(nproc)"; } > "$STEPS_TSV"
+# Every invocation of the same commit appends to one record (a job that spans several sessions is
+# summed there); a record of other code is replaced. Committed with the results.
+STEPS_TSV="results/mainjob_steps.tsv"; COMMIT="$(python -c 'from common.runlog import git_commit; print(git_commit())')"
+[[ -f "$STEPS_TSV" ]] && ! grep -q "^commit"$'\t'"$COMMIT"$'\t' "$STEPS_TSV" && rm "$STEPS_TSV"
+{ printf 'invocation\t%s\t\t\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  printf 'profile\t%s\t\t\n' "$PROFILE"
+  printf 'commit\t%s\t\t\n' "$COMMIT"
+  printf 'machine\t%s, %s cores\t\t\n' "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)" "$(nproc)"; } >> "$STEPS_TSV"
 # results/BENCHMARKS.md after every step, so a stopped job still reports what it measured
 report() { python scripts/mainjob.py report "$STEPS_TSV" results/BENCHMARKS.md > /dev/null; }
 job_start=$SECONDS

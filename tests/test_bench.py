@@ -36,12 +36,32 @@ def test_mainjob_report_of_a_finished_and_of_a_stopped_job(tmp_path):
     steps.write_text("profile\tcpu\t\t\ncommit\tabc\t\t\nmachine\tSome CPU, 2 cores\t\t\n"
                      "shared preprocessing\t60\tok\t0\nresnet3d on ixi_hh\t1800\tok\t2\n")
     partial = mainjob.report(steps, tmp_path / "B.md")
-    assert "Not finished: 31.0 min for the 2 steps done so far" in partial and "commit abc, Some CPU, 2 cores" in partial
+    assert "Not finished: 31.0 min for the steps done so far" in partial and "commit abc, Some CPU, 2 cores" in partial
     assert "| resnet3d on ixi_hh | 30.0 | ok | 2 |" in partial and "2 finished folds were reused" in partial
     steps.write_text(steps.read_text() + "total\t1900\t\t\n")
     assert "**Total: 31.7 min** (budget: 150 min)" in mainjob.report(steps, tmp_path / "B.md")
     steps.write_text("bad line\n")
     with pytest.raises(ValueError, match="4 tab-separated fields"):
+        mainjob.report(steps, tmp_path / "B.md")
+
+
+def test_mainjob_report_sums_the_invocations_of_one_commit(tmp_path):
+    """A job that spans sessions: a stopped invocation, then one that reuses its folds and ends."""
+    block = "invocation\t{t}\t\t\nprofile\tcpu\t\t\ncommit\t{c}\t\t\nmachine\t{m}, 2 cores\t\t\n"
+    steps = tmp_path / "steps.tsv"
+    steps.write_text(block.format(t="2026-12-04T18:16:00Z", c="abc", m="CPU A") + "shared preprocessing\t1642\tok\t0\n"
+                     "resnet3d on ixi_hh\t3240\tok\t0\n"
+                     + block.format(t="2026-12-05T07:24:00Z", c="abc", m="CPU B") + "shared preprocessing\t20\tok\t0\n"
+                     "tsan on ixi_hh\t1200\tok\t5\ntotal\t1230\t\t\n")
+    text = mainjob.report(steps, tmp_path / "B.md")
+    assert "Not finished: 101.9 min for the steps done so far" in text and "invocation 1 was still running" in text
+    assert "| 1 | 2026-12-04T18:16:00Z | CPU A, 2 cores | 81.4 | stopped |" in text
+    assert "| 2 | 2026-12-05T07:24:00Z | CPU B, 2 cores | 20.5 | yes |" in text
+    assert "| tsan on ixi_hh | 20.0 | ok | 5 | 2 |" in text and "5 finished folds were reused" in text
+    assert "CPU A, 2 cores; CPU B, 2 cores" in text
+    steps.write_text(steps.read_text().replace("2026-12-05T07:24:00Z\t\t\nprofile\tcpu\t\t\ncommit\tabc",
+                                               "2026-12-05T07:24:00Z\t\t\nprofile\tcpu\t\t\ncommit\tdef"))
+    with pytest.raises(ValueError, match="different commits"):
         mainjob.report(steps, tmp_path / "B.md")
 
 
