@@ -22,7 +22,8 @@ Sections (all measured in this run, on this machine, with nothing asserted about
   files, i.e. the runs that produced the leaderboard).
 - ``standardize`` (not in the default): the shared preprocessing per step on IXI-HH scans: deepbet's
   brain mask against the DLMUSE mask (Dice), seconds per step, cached read time.
-- ``invariance`` (not in the default): for each trained run given by ``--invariance_runs``, the change
+- ``invariance`` (not in the default): for each trained run given by ``--invariance_runs`` (resnet3d,
+  TSAN stage 1, OASIS ResBlock, VGG16 + SVR), the change
   of the predicted age when the same scans arrive as acquisition variants (resampled, reoriented,
   moved, cropped, bias field, noise, skull off; :mod:`common.data.variants`), mean / max |change| over
   ``--invariance_scans`` IXI-HH test-split scans, beside the model-free agreement of the preprocessed
@@ -513,27 +514,39 @@ def bench_standardize(n: int, data_root: str | None) -> dict:
             "registration_s_median": round(statistics.median(r["total_s"] - r["extract_s"] - r["n4_s"] for r in rows), 2)}
 
 
-def _predict_arrays(run_dir: str, arrays: list, frame) -> list[float]:
-    """Predicted ages of ``arrays`` (each (1, D, H, W), the run's grid) with the run's ``best.pt``."""
+def _predict_brains(run_dir: str, brains: list, frame) -> list[float]:
+    """Predicted ages (years) of standardised brains (:class:`common.data.standardize.StandardBrain`,
+    on the shared MNI grid) by one trained run: a torch run's ``best.pt`` on its own grid
+    (:func:`common.data.standardize.to_method_grid`), or VGG16 + SVR's fitted fusion on the brains'
+    slice features."""
     import importlib
 
     import numpy as np
 
     from common.brain_age import volume_loader
+    from common.data.preprocess import VolumeSpec
+    from common.data.standardize import to_method_grid
+    from common.predict import MODEL_MODULES, SKLEARN_MODEL
     from common.training import load_checkpoint, predict
 
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    from common.predict import MODEL_MODULES
+    run_dir = Path(run_dir)
+    if (run_dir / SKLEARN_MODEL).is_file():  # VGG16 + SVR
+        from baselines.vgg16_svr.train import feature_cache, load_fitted, predict_fitted
 
+        model, card = load_fitted(run_dir)
+        cache = feature_cache(card, ".cache")
+        return predict_fitted(card["fusion"], model, [cache.from_brain(b.brain) for b in brains]).tolist()
+    cfg = json.loads((run_dir / "config.json").read_text())
     module = importlib.import_module(MODEL_MODULES[cfg["method"]])
-    ckpt = load_checkpoint(Path(run_dir) / "best.pt", cfg["method"])
+    ckpt = load_checkpoint(run_dir / "best.pt", cfg["method"])
+    spec = VolumeSpec.from_dict(ckpt["preprocess"])
     model = module.model_from_checkpoint(ckpt)
     model.load_state_dict(ckpt["model_state"])
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
-        for i, array in enumerate(arrays):
+        for i, brain in enumerate(brains):
             paths.append(str(Path(tmp) / f"{i}.npy"))
-            np.save(paths[-1], array)
+            np.save(paths[-1], to_method_grid(brain, spec.shape, spec.spacing_mm, spec.intensity, spec.smooth_fwhm_mm))
         rows = frame.assign(cache_path=paths, age=0.0).reset_index(drop=True)
         idx, _, pred = predict(model, volume_loader(rows, 8, False, 0), torch.device("cpu"))
     out = np.empty(len(rows))
@@ -565,15 +578,9 @@ def bench_invariance(runs: dict[str, str], n: int, data_root: str | None) -> dic
     import numpy as np
 
     from common.data.checks import BadImageError, load_checked
-    from common.data.preprocess import VolumeSpec
-    from common.data.standardize import StandardCache, standardize_brain, to_method_grid
+    from common.data.standardize import StandardCache, standardize_brain
     from common.data.variants import standard_variants
-    from common.training import load_checkpoint
 
-    specs = {}
-    for name, run_dir in runs.items():
-        cfg = json.loads((Path(run_dir) / "config.json").read_text())
-        specs[name] = VolumeSpec.from_dict(load_checkpoint(Path(run_dir) / "best.pt", cfg["method"])["preprocess"])
     scans = _frame("ixi_hh", n, data_root, split="test")
     cache = StandardCache(".cache")
     brains: dict[str, list] = {"native": []}
@@ -598,10 +605,7 @@ def bench_invariance(runs: dict[str, str], n: int, data_root: str | None) -> dic
         print(f"[bench] invariance: {row.participant_id} done", flush=True)
     out = {"scans": scans["participant_id"].tolist(), "runs": runs, "variants": {}}
     frame = scans[["participant_id", "session_id", "sex"]] if "sex" in scans else scans[["participant_id", "session_id"]]
-    reference = {name: _predict_arrays(run, [to_method_grid(b, specs[name].shape, specs[name].spacing_mm,
-                                                            specs[name].intensity, specs[name].smooth_fwhm_mm)
-                                             for b in brains["native"]], frame)
-                 for name, run in runs.items()}
+    reference = {name: _predict_brains(run, brains["native"], frame) for name, run in runs.items()}
     for variant, items in brains.items():
         if variant == "native":
             continue
@@ -611,9 +615,7 @@ def bench_invariance(runs: dict[str, str], n: int, data_root: str | None) -> dic
             corr, dice = np.array(agreement[variant]).T
             entry |= {"min_correlation": round(float(corr.min()), 4), "min_dice": round(float(dice.min()), 4)}
         for name, run in runs.items():
-            spec = specs[name]
-            pred = _predict_arrays(run, [to_method_grid(items[i], spec.shape, spec.spacing_mm, spec.intensity,
-                                                        spec.smooth_fwhm_mm) for i in keep], frame.iloc[keep])
+            pred = _predict_brains(run, [items[i] for i in keep], frame.iloc[keep])
             delta = np.abs(np.asarray(pred) - np.asarray(reference[name])[keep])
             entry[name] = {"mean_abs_change": round(float(delta.mean()), 3), "max_abs_change": round(float(delta.max()), 3)}
         out["variants"][variant] = entry
@@ -811,8 +813,9 @@ def main(sections: str = "preprocess,loading,models,numerics,mainjob", repeats: 
         merge: keep the sections of an existing ``out`` that this call does not run (each section
             names the machine, date and commit it was measured on).
         standardize_scans: IXI-HH scans of the ``standardize`` section.
-        invariance_runs: ``name=run_dir`` pairs, comma-separated, of trained resnet3d, tsan_stage1 or
-            oasis_resblock runs for the ``invariance`` section.
+        invariance_runs: ``name=run_dir`` pairs, comma-separated, of trained runs for the ``invariance``
+            section: a fold folder of resnet3d, tsan_stage1, oasis_resblock or VGG16 + SVR (``mni_axial``
+            slicing, the ``cpu`` profile's).
         invariance_scans: IXI-HH test-split scans of the ``invariance`` section.
     """
     from common.runlog import git_commit

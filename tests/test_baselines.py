@@ -115,3 +115,28 @@ def test_random_init_vgg16_is_seeded():
     a, b, c = VGG16Features("none", seed=0), VGG16Features("none", seed=0), VGG16Features("none", seed=1)
     assert torch.equal(a.features[0].weight, b.features[0].weight), "same seed, same random weights"
     assert not torch.equal(a.features[0].weight, c.features[0].weight)
+
+
+def test_vgg16_svr_predicts_a_brain_that_is_not_a_file(tmp_path):
+    """The invariance benchmark's path: features of an MNI brain in memory, through a saved fusion."""
+    import types
+
+    from baselines.vgg16_svr.features import FeatureCache
+    from baselines.vgg16_svr.train import feature_cache, predict_fitted, save_fitted
+    from scripts.bench import _predict_brains
+
+    rng = np.random.default_rng(0)
+    brains = [rng.random((12, 14, 18)).astype(np.float32) for _ in range(4)]  # 6 triplets each
+    card = {"method": "vgg16_svr_early_randinit", "features": {"weights": "none", "seed": 0, "keep_triplets": 2,
+                                                                "slicing": "mni_axial"}}
+    cache = feature_cache(card, tmp_path)
+    feats = [cache.from_brain(b) for b in brains]
+    assert feats[0].shape == (2, 25088) and feats[0].dtype == np.float32
+    central = standard_triplets(brains[0])[central_positions(6, 2)]
+    np.testing.assert_array_equal(feats[0], cache.extractor(torch.from_numpy(central)).numpy())
+    _, model = fit_early_fusion(feats, np.array([20.0, 40.0, 60.0, 80.0]), np.ones(4, bool), C=1.0, epsilon=0.1)
+    save_fitted(tmp_path / "early", "early", model, card)
+    predicted = _predict_brains(str(tmp_path / "early"), [types.SimpleNamespace(brain=b) for b in brains], None)
+    np.testing.assert_allclose(predicted, predict_fitted("early", model, feats))
+    with pytest.raises(ValueError, match="need slicing 'mni_axial'"):
+        FeatureCache(tmp_path, cache.extractor, "none", 2, slicing="voxel_axis2").from_brain(brains[0])

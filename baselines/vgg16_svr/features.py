@@ -133,11 +133,32 @@ class FeatureCache:
             except (ValueError, OSError):
                 path.unlink()
         if self.slicing == "mni_axial":
-            triplets = standard_triplets(StandardCache(self.root, "Affine").get(image_path).brain)
+            feats = self.from_brain(StandardCache(self.root, "Affine").get(image_path).brain, batch_size)
         else:
-            triplets = source_triplets(load_checked(image_path)[0])
-        triplets = triplets[central_positions(len(triplets), self.keep)]
-        feats = torch.cat([self.extractor(torch.from_numpy(triplets[i:i + batch_size]))
-                           for i in range(0, len(triplets), batch_size)]).numpy()
-        atomic_write(path, lambda fh: np.save(fh, feats.astype(np.float32)), mode="wb")
+            feats = self._extract(source_triplets(load_checked(image_path)[0]), batch_size)
+        atomic_write(path, lambda fh: np.save(fh, feats), mode="wb")
         return feats
+
+    def from_brain(self, brain: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Features of a brain already on the shared MNI grid (``mni_axial`` slicing; not cached): what
+        :meth:`get` computes for a scan, for a brain that is not a file (the invariance benchmark's
+        acquisition variants).
+
+        Args:
+            brain: (X, Y, Z) the standardised brain (:class:`common.data.standardize.StandardBrain`).
+
+        Returns:
+            float32 (T_kept, 25088).
+
+        Raises:
+            ValueError: the cache's slicing is not ``mni_axial``.
+        """
+        if self.slicing != "mni_axial":
+            raise ValueError(f"features of an MNI brain need slicing 'mni_axial', not {self.slicing!r}")
+        return self._extract(standard_triplets(brain), batch_size)
+
+    def _extract(self, triplets: np.ndarray, batch_size: int) -> np.ndarray:
+        """The kept central triplets of (T, 3, X, Y) through the extractor: float32 (T_kept, 25088)."""
+        triplets = triplets[central_positions(len(triplets), self.keep)]
+        return torch.cat([self.extractor(torch.from_numpy(triplets[i:i + batch_size]))
+                          for i in range(0, len(triplets), batch_size)]).numpy().astype(np.float32)
