@@ -53,6 +53,11 @@ AVX2_PIN = {
 
 #: cuBLAS needs this for deterministic matmuls (read when cuBLAS starts; harmless on CPU).
 CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+#: ITK (inside ANTsPy: N4, registration) sums over threads in a varying order, so a registration in
+#: several threads differs from run to run even with its seed; one thread gives the same bits every time
+#: (:func:`common.data.registration.ants_registration`). Read when ITK starts its thread pool, so set at
+#: import; the preprocessing runs one scan per process on every core instead.
+ITK_THREADS = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 #: Names of the variables :func:`pin_cpu_isa` set (not the user), comma-separated; inherited by
 #: child processes so that they too can tell the project's pin from a user's choice.
@@ -86,6 +91,7 @@ def pin_cpu_isa() -> dict[str, str]:
         The variables this call set.
     """
     os.environ.setdefault(*CUBLAS_WORKSPACE)
+    os.environ.setdefault(*ITK_THREADS)
     if os.environ.get(ISA_ENV, "avx2").lower() == "native":
         return {}
     if platform.machine().lower() not in {"x86_64", "amd64"} or "avx2" not in cpu_flags():
@@ -116,5 +122,5 @@ def release_onednn_pin() -> bool:
 
 
 def isa_settings() -> dict[str, str | None]:
-    """The pinning variables in force (recorded with every run)."""
-    return {key: os.environ.get(key) for key in (ISA_ENV, *AVX2_PIN)}
+    """The pinning variables in force, and ITK's thread count (recorded with every run)."""
+    return {key: os.environ.get(key) for key in (ISA_ENV, *AVX2_PIN, ITK_THREADS[0])}

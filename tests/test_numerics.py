@@ -66,7 +66,8 @@ def test_precision_of_runs_recorded_before_the_precision_key():
 
 
 def _python(code: str, **env) -> str:
-    full = {k: v for k, v in os.environ.items() if k not in numerics.AVX2_PIN and k != numerics.ISA_ENV}
+    full = {k: v for k, v in os.environ.items()
+            if k not in numerics.AVX2_PIN and k not in (numerics.ISA_ENV, numerics.ITK_THREADS[0])}
     full.update({"PYTHONPATH": str(REPO), **env})
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=full, capture_output=True, text=True,
                           check=True, timeout=120).stdout
@@ -89,6 +90,14 @@ def test_mkl_is_pinned_to_its_cpu_independent_branch():
     assert numerics.AVX2_PIN["MKL_CBWR"] == "COMPATIBLE"
     if "avx2" in numerics.cpu_flags():
         assert _python("import common, os; print(os.environ.get('MKL_CBWR'))").strip() == "COMPATIBLE"
+
+
+def test_itk_runs_one_thread_so_registration_is_reproducible():
+    """ITK's threads sum in a varying order: importing common keeps it to one (a user's value stays)."""
+    assert _python("import common, os; print(os.environ.get('ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'))").strip() == "1"
+    mine = _python("import common, os; print(os.environ.get('ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'))",
+                   ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="3")
+    assert mine.strip() == "3"
 
 
 def test_every_adam_step_is_ieee_exact_so_no_cpu_vendor_changes_it():

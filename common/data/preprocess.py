@@ -29,8 +29,10 @@ from common.runlog import progress
 
 log = logging.getLogger(__name__)
 
-#: Bump when preprocess_volume changes its output for the same spec.
-PREPROCESS_VERSION = 1
+#: Bump when preprocess_volume changes its output for the same spec. 2: ANTs registration (the shared
+#: pipeline's and ``mni``'s) became reproducible (common.data.registration.ants_registration), so the
+#: volumes cached from version 1's unseeded, multi-threaded registrations are not reused.
+PREPROCESS_VERSION = 2
 
 
 @dataclass(frozen=True)

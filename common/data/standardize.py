@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from common.data.checks import BadImageError, load_checked
-from common.data.registration import FSL_2MM_AFFINE, FSL_2MM_SHAPE, TRANSFORMS, _to_ants, mni_template
+from common.data.registration import FSL_2MM_AFFINE, FSL_2MM_SHAPE, TRANSFORMS, _to_ants, ants_registration, mni_template
 from common.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-#: Bump when :func:`standardize_brain` changes its output for the same input.
-STANDARD_VERSION = 1
+#: Bump when :func:`standardize_brain` changes its output for the same input. 2: the registration is
+#: reproducible (version 1 entries came from an unseeded, multi-threaded ANTs run: no two alike).
+STANDARD_VERSION = 2
 #: Brain volumes outside this range (ml) are not a brain extraction but a failure of it.
 BRAIN_VOLUME_ML = (400.0, 2500.0)
 #: A registered brain whose mask overlaps the template brain mask less than this (Dice) failed.
@@ -194,7 +195,8 @@ def standardize_brain(data: np.ndarray, affine: np.ndarray, transform: str = "Af
         data: (X, Y, Z) T1 intensities, skull on or off, any orientation and voxel size; affine: its
             voxel-to-world matrix (mm).
         transform: ANTs ``type_of_transform`` (``"Affine"``; ``"SyN"`` adds the nonlinear step).
-        seed: ANTs random seed (reproducible metric sampling).
+        seed: ANTs random seed of the metric sampling (:func:`common.data.registration.ants_registration`:
+            with it and one ITK thread the result is the same bits in every process).
 
     Returns:
         The :class:`StandardBrain` on the FSL 2 mm grid.
@@ -219,8 +221,7 @@ def standardize_brain(data: np.ndarray, affine: np.ndarray, transform: str = "Af
     corrected = n4_in_brain(data, affine, mask) * mask
     template, template_mask = mni_template()
     fixed = _to_ants(template * template_mask, FSL_2MM_AFFINE)
-    result = ants.registration(fixed=fixed, moving=_to_ants(corrected, affine), type_of_transform=transform,
-                               random_seed=seed)
+    result = ants_registration(fixed, _to_ants(corrected, affine), transform, seed)
     warped = result["warpedmovout"].numpy().astype(np.float32)
     warped_mask = ants.apply_transforms(fixed=fixed, moving=_to_ants(mask.astype(np.float32), affine),
                                         transformlist=result["fwdtransforms"], interpolator="linear").numpy() > 0.5
