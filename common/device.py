@@ -109,14 +109,40 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return PRECISIONS[precision]
 
 
+def apply_onednn_policy(precision: str = "fp32") -> bool:
+    """Switch PyTorch's oneDNN backend (``torch.backends.mkldnn``) on or off for this process.
+
+    fp32 work runs without it unless :func:`common.numerics.onednn_allowed` (its convolutions gave
+    different bits on different CPU kinds; see :data:`common.numerics.ONEDNN_ENV`); a bf16 run keeps
+    it, since CPU bf16 convolutions need it. Called when this module is imported, by
+    :func:`configure_numerics`, and before preprocessing's brain extraction. Effective for every
+    later kernel, so it must run before the first convolution whose bits matter.
+
+    Args:
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`resolve_precision`).
+
+    Returns:
+        Whether oneDNN is on.
+
+    Raises:
+        ValueError: ``BRAINMRI_ONEDNN`` holds something other than ``0`` or ``1``.
+    """
+    enabled = precision == "bf16" or numerics.onednn_allowed()
+    torch.backends.mkldnn.enabled = enabled
+    return enabled
+
+
+apply_onednn_policy()
+
+
 def configure_numerics(device: torch.device, precision: str) -> dict:
     """Make training deterministic and its precision explicit; call before the first tensor work.
 
     - deterministic algorithms (``torch.use_deterministic_algorithms(True, warn_only=True)``: ops
       without a deterministic kernel warn instead of failing), cuDNN benchmark off;
-    - on CPU, a fixed thread count (:func:`configure_cpu_threads`), and the AVX2 pin of
-      :mod:`common.numerics`, except for oneDNN in a bf16 run, whose fast kernels need the native
-      instruction set;
+    - on CPU, a fixed thread count (:func:`configure_cpu_threads`), the AVX2 pin of
+      :mod:`common.numerics`, and no oneDNN in fp32 (:func:`apply_onednn_policy`); a bf16 run keeps
+      oneDNN, with the CPU's native instruction set, which its fast kernels need;
     - the precision in force is logged.
 
     Returns:
@@ -129,9 +155,12 @@ def configure_numerics(device: torch.device, precision: str) -> dict:
         configure_cpu_threads()
         if precision == "bf16" and numerics.release_onednn_pin():
             log.info("bf16 run: oneDNN may use the CPU's native instruction set (results are CPU-specific)")
+        if apply_onednn_policy(precision) and precision != "bf16":
+            log.warning("fp32 with oneDNN (%s=1 or a native instruction set): faster, but the bits depend on "
+                        "the CPU kind", numerics.ONEDNN_ENV)
     info = numerics_info()
-    log.info("precision %s on %s (%s); CPU code paths %s, %d threads", precision, device, info["cpu_model"],
-             info["cpu_capability"], info["threads"])
+    log.info("precision %s on %s (%s); CPU code paths %s, oneDNN %s, %d threads", precision, device,
+             info["cpu_model"], info["cpu_capability"], "on" if info["onednn"] else "off", info["threads"])
     return info
 
 
@@ -150,6 +179,7 @@ def numerics_info() -> dict:
         "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")},
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "isa_pin": numerics.isa_settings(),
+        "onednn": torch.backends.mkldnn.enabled,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "torch_git": torch.version.git_version,

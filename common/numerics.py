@@ -28,6 +28,14 @@ which is vendor-specific under every ``MKL_CBWR`` value. Training avoids VML whe
 optimizer's square root (:func:`common.training.adam`, the fused kernel); what still calls VML is listed
 in README.md.
 
+Those per-kernel digests were taken at small shapes. The whole training fingerprint (the 3D
+ResNet-18 after 5 AdamW steps) still differed between an AVX2-only EPYC (Zen 3) and an AVX-512 EPYC
+(Zen 4) under this pin, and equalled the Xeon's on the Zen 4; with oneDNN off it was the same on both
+EPYCs. oneDNN picks its convolution implementations and their blocking per CPU (cache sizes among
+them) even when capped at AVX2. fp32 work therefore runs without oneDNN (:data:`ONEDNN_ENV`,
+:func:`onednn_allowed`): convolutions go to ATen's own kernels, whose matrix products are MKL's
+``COMPATIBLE`` sgemm.
+
 This module imports nothing heavy (no torch), so every entry point can import it first.
 """
 
@@ -38,6 +46,13 @@ import platform
 
 #: ``BRAINMRI_CPU_ISA``: ``avx2`` (default: the project's reference instruction set) or ``native``.
 ISA_ENV = "BRAINMRI_CPU_ISA"
+
+#: ``BRAINMRI_ONEDNN``: ``0`` (default where the pin applies) or ``1``. oneDNN (PyTorch's ``mkldnn``
+#: backend: convolutions, batch norm, pooling) gave different fp32 training bits on an AVX2-only EPYC
+#: (Zen 3) and on AVX-512 CPUs (a Zen 4 EPYC, an Intel Xeon) even when capped at AVX2, while the same
+#: training without it gave the same bits on both EPYCs (``scripts/bench.py --sections=numerics``). So
+#: fp32 runs go without it, about 2x slower; ``1`` turns it back on (faster, results CPU-specific).
+ONEDNN_ENV = "BRAINMRI_ONEDNN"
 
 #: The variables that pin each library to AVX2 code paths.
 AVX2_PIN = {
@@ -106,6 +121,24 @@ def pin_cpu_isa() -> dict[str, str]:
     return done
 
 
+def onednn_allowed() -> bool:
+    """Whether fp32 work may use oneDNN: only when asked for (``BRAINMRI_ONEDNN=1``), with
+    ``BRAINMRI_CPU_ISA=native``, or where the pin does not apply (non-x86 or no AVX2). See
+    :data:`ONEDNN_ENV` for why it is off otherwise; :func:`common.device.apply_onednn_policy` applies it.
+
+    Raises:
+        ValueError: ``BRAINMRI_ONEDNN`` is set to something other than ``0`` or ``1``.
+    """
+    explicit = os.environ.get(ONEDNN_ENV)
+    if explicit is not None and explicit.strip() != "":
+        if explicit.strip() not in {"0", "1"}:
+            raise ValueError(f"{ONEDNN_ENV}={explicit!r}: use 1 (oneDNN on, CPU-specific results) or 0 (off)")
+        return explicit.strip() == "1"
+    if os.environ.get(ISA_ENV, "avx2").lower() == "native":
+        return True
+    return platform.machine().lower() not in {"x86_64", "amd64"} or "avx2" not in cpu_flags()
+
+
 def release_onednn_pin() -> bool:
     """Let oneDNN use the CPU's native instruction set again (for an explicit bf16 run, whose fast
     kernels need AVX512-BF16/AMX). Effective only before the process's first oneDNN kernel.
@@ -123,4 +156,4 @@ def release_onednn_pin() -> bool:
 
 def isa_settings() -> dict[str, str | None]:
     """The pinning variables in force, and ITK's thread count (recorded with every run)."""
-    return {key: os.environ.get(key) for key in (ISA_ENV, *AVX2_PIN, ITK_THREADS[0])}
+    return {key: os.environ.get(key) for key in (ISA_ENV, ONEDNN_ENV, *AVX2_PIN, ITK_THREADS[0])}

@@ -61,7 +61,7 @@ from common.data.datasets import VolumeDataset  # noqa: E402
 from common.data.manifest import Exclusions  # noqa: E402
 from common.data.preprocess import VolumeSpec, prepare_volumes, preprocess_volume  # noqa: E402
 from common.data.sources import load_dataset  # noqa: E402
-from common.device import configure_cpu_threads, cpu_has_fast_bf16  # noqa: E402
+from common.device import apply_onednn_policy, configure_cpu_threads, cpu_has_fast_bf16  # noqa: E402
 from common.io import atomic_write, write_json, write_text  # noqa: E402
 from common.paths import find_data_root  # noqa: E402
 from common.training import adam  # noqa: E402
@@ -213,8 +213,9 @@ def _build(name: str) -> torch.nn.Module:
 
 def _measure_model(name: str, mode: str, repeats: int, queue) -> None:
     """In a fresh process: training and inference samples/s and peak RSS for one model and mode."""
-    if mode == "bf16":  # the fast bf16 kernels need oneDNN's native instruction set
+    if mode == "bf16":  # the fast bf16 kernels need oneDNN, with its native instruction set
         numerics.release_onednn_pin()
+        apply_onednn_policy("bf16")
     configure_cpu_threads()
     spec = _model_specs()[name]
     torch.manual_seed(0)
@@ -302,7 +303,8 @@ def _same_weights(a: Path, b: Path) -> bool:
 #: Kernel settings compared by the ``numerics`` section, as environment variables of a fresh process.
 NUMERICS_CONFIGS = {
     "avx2-pinned (default)": {},
-    "avx2-pinned, oneDNN off": {"BRAINMRI_NO_ONEDNN": "1"},
+    # oneDNN as before 2026-12-05 (now off by default: its bits differed between a Zen 3 and a Zen 4)
+    "avx2-pinned, oneDNN on": {numerics.ONEDNN_ENV: "1"},
     "native ISA": {numerics.ISA_ENV: "native"},
     # MKL's AVX2 branch, the pin's MKL setting before MKL_CBWR=COMPATIBLE became the default (its sgemm
     # differs between an Intel Xeon and an AMD EPYC; COMPATIBLE's does not)
@@ -332,6 +334,14 @@ def op_fingerprints() -> dict[str, str]:
     w = torch.randn(16, 8, 3, 3, 3, generator=gen, requires_grad=True)
     y = F.conv3d(x, w, padding=1)
     grad_x, grad_w = torch.autograd.grad(y, (x, w), torch.randn(y.shape, generator=gen))
+    # two of the 3D ResNet-18's own layers at 48^3, batch 4 (where oneDNN picks other implementations:
+    # a strided convolution, and the last stage's 512 channels on a 2^3 grid)
+    layers, gen_layers = {}, torch.Generator().manual_seed(11)  # own generator: the ops below keep their data
+    for name, (c_in, c_out, size, stride) in {"strided": (64, 128, 12, 2), "512": (512, 512, 2, 1)}.items():
+        xi = torch.randn(4, c_in, size, size, size, generator=gen_layers, requires_grad=True)
+        wi = (torch.randn(c_out, c_in, 3, 3, 3, generator=gen_layers) / (c_in * 27) ** 0.5).requires_grad_()
+        yi = F.conv3d(xi, wi, stride=stride, padding=1)
+        layers[name] = (yi, *torch.autograd.grad(yi, (xi, wi), torch.randn(yi.shape, generator=gen_layers)))
     v = torch.rand(100_003, generator=gen) + 0.5
     p = torch.nn.Parameter(torch.randn(1000, generator=gen))
     p.grad = torch.randn(1000, generator=gen)
@@ -344,6 +354,8 @@ def op_fingerprints() -> dict[str, str]:
             "linear": _digest(F.linear(a, b.T[:64].contiguous())),
             "conv3d forward": _digest(y),
             "conv3d backward": _digest(grad_x, grad_w),
+            "conv3d 64->128 stride 2 at 12³, forward + backward": _digest(*layers["strided"]),
+            "conv3d 512->512 at 2³, forward + backward": _digest(*layers["512"]),
             "batch norm (train)": _digest(F.batch_norm(y, None, None, training=True)),
             "max pool 3d": _digest(F.max_pool3d(y, 3, 2, 1)),
             "exp, log, sqrt": _digest(v.exp(), v.log(), v.sqrt()),
@@ -360,8 +372,6 @@ def _fingerprint_worker() -> None:
     from common.device import configure_numerics
     from resnet3d.model import BrainAgeResNet3D
 
-    if os.environ.get("BRAINMRI_NO_ONEDNN"):
-        torch.backends.mkldnn.enabled = False
     configure_numerics(torch.device("cpu"), "fp32")
     torch.manual_seed(0)
     model = BrainAgeResNet3D(init_age_bias=40.0)
@@ -392,7 +402,8 @@ def bench_numerics(previous: dict | None) -> dict:
     rows = dict((previous or {}).get("machines", {}))
     mine = {}
     for name, extra in NUMERICS_CONFIGS.items():
-        env = {k: v for k, v in os.environ.items() if k not in numerics.AVX2_PIN and k != numerics.PINNED_ENV}
+        env = {k: v for k, v in os.environ.items()
+               if k not in numerics.AVX2_PIN and k not in (numerics.PINNED_ENV, numerics.ONEDNN_ENV)}
         env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", **extra})
         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--fingerprint_worker"], env=env,
                              capture_output=True, text=True, timeout=600)
@@ -674,7 +685,9 @@ def _md(report: dict) -> str:
                 "earlier runs: the same fingerprint on two CPU kinds means bit-identical fp32 training there.", "",
                 "Settings are named as at their row's commit: until 2026-12-04 the default pin put MKL on its AVX2 "
                 "branch (`MKL_CBWR=AVX2`) and AdamW took the unfused step (square root from MKL's VML); since then it "
-                "is `MKL_CBWR=COMPATIBLE` and the fused step (`common.training.adam`).", "",
+                "is `MKL_CBWR=COMPATIBLE` and the fused step (`common.training.adam`); since 2026-12-05 the default "
+                "runs without oneDNN (the setting called `avx2-pinned, oneDNN off` before; `oneDNN on` is the "
+                "earlier default).", "",
                 "| CPU (flags) | commit | " + " | ".join(configs) + " |",
                 "|---|---|" + "---|" * len(configs)]
         for key, row in machines.items():

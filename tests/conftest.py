@@ -13,6 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# The suite runs with oneDNN (before anything imports common.device, which applies the setting): fp32
+# without it, the project's default since it gave different bits on different CPU kinds, made the suite
+# 802 s instead of about 500 on 2 cores (deepbet 8 s instead of 2.5 s per scan, convolutions 2-3x).
+# What the default does is tested on its own, in fresh processes without this variable
+# (tests/test_numerics.py: no oneDNN kernel runs, and 5 training steps give the bits both EPYC kinds gave).
+os.environ.setdefault("BRAINMRI_ONEDNN", "1")
+
 
 def write_volume(path: Path, shape=(24, 28, 24), spacing=2.0, seed: int = 0, kind: str = "ok",
                  dtype=np.int16) -> Path:

@@ -67,7 +67,7 @@ def test_precision_of_runs_recorded_before_the_precision_key():
 
 def _python(code: str, **env) -> str:
     full = {k: v for k, v in os.environ.items()
-            if k not in numerics.AVX2_PIN and k not in (numerics.ISA_ENV, numerics.ITK_THREADS[0])}
+            if k not in numerics.AVX2_PIN and k not in (numerics.ISA_ENV, numerics.ONEDNN_ENV, numerics.ITK_THREADS[0])}
     full.update({"PYTHONPATH": str(REPO), **env})
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=full, capture_output=True, text=True,
                           check=True, timeout=120).stdout
@@ -77,10 +77,35 @@ def _python(code: str, **env) -> str:
 def test_importing_common_pins_every_kernel_library_to_avx2():
     code = ("import resnet3d.train, torch; x = torch.randn(2, 4, 16, 16, 16);"
             "torch.nn.Conv3d(4, 8, 3)(x).sum().backward(); print(torch.backends.cpu.get_cpu_capability())")
-    out = _python(code, ONEDNN_VERBOSE="1")
+    out = _python(code, ONEDNN_VERBOSE="1", **{numerics.ONEDNN_ENV: "1"})  # oneDNN asked for: capped
     assert out.strip().splitlines()[-1] == "AVX2"
     kernels = [line for line in out.splitlines() if line.startswith("onednn_verbose") and ",exec," in line]
     assert kernels and not any("avx512" in line or "amx" in line for line in kernels), kernels
+
+
+@pytest.mark.skipif("avx2" not in numerics.cpu_flags(), reason="x86-64 CPU with AVX2 only")
+def test_fp32_runs_no_onednn_kernel_unless_asked():
+    code = ("import resnet3d.train, torch; x = torch.randn(2, 4, 16, 16, 16);"
+            "torch.nn.BatchNorm3d(8)(torch.nn.Conv3d(4, 8, 3)(x)).sum().backward();"
+            "print(torch.backends.mkldnn.enabled)")
+    out = _python(code, ONEDNN_VERBOSE="1")
+    assert out.strip().splitlines()[-1] == "False"
+    assert not [line for line in out.splitlines() if line.startswith("onednn_verbose") and ",exec," in line]
+    bf16 = ("import torch; from common.device import configure_numerics;"
+            "print(configure_numerics(torch.device('cpu'), 'bf16')['onednn'])")
+    assert _python(bf16).strip().splitlines()[-1] == "True"  # CPU bf16 convolutions need oneDNN
+    with pytest.raises(subprocess.CalledProcessError):
+        _python("import common.device", **{numerics.ONEDNN_ENV: "yes"})
+
+
+@pytest.mark.skipif("avx2" not in numerics.cpu_flags(), reason="x86-64 CPU with AVX2 only")
+def test_fp32_training_gives_the_bits_measured_on_both_epyc_kinds():
+    """5 AdamW steps of the 3D ResNet-18 (``scripts/bench.py --fingerprint_worker``) end in the weights
+    that an AVX2-only EPYC (Zen 3, 2026-12-04) and an AVX-512 EPYC (Zen 4, 2026-12-05) both gave
+    without oneDNN (benchmarks/BENCHMARKS.md, numerics section); with oneDNN they differed."""
+    out = _python(f"import runpy, sys; sys.argv = ['bench', '--fingerprint_worker'];"
+                  f"runpy.run_path({str(REPO / 'scripts' / 'bench.py')!r}, run_name='__main__')", OMP_NUM_THREADS="2")
+    assert json.loads(out.strip().splitlines()[-1])["sha256"] == "0ce4052ab2f9436e"
     native = _python("import common, os; print(os.environ.get('ATEN_CPU_CAPABILITY'))", BRAINMRI_CPU_ISA="native")
     assert native.strip() == "None", "BRAINMRI_CPU_ISA=native leaves the libraries alone"
 

@@ -120,7 +120,7 @@ class FeatureCache:
         if slicing not in SLICINGS:
             raise ValueError(f"unknown slicing {slicing!r}; choose from {SLICINGS}")
         self.extractor, self.keep, self.slicing, self.root = extractor, keep, slicing, Path(root)
-        key = f"{weights}|seed{seed}|{keep}|{slicing}|v4"
+        key = f"{weights}|seed{seed}|{keep}|{slicing}|v5"
         self.dir = self.root / "vgg16_features" / hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def get(self, image_path: str | Path, batch_size: int = 16) -> np.ndarray:

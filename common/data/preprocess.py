@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Bump when preprocess_volume changes its output for the same spec. 2: ANTs registration (the shared
 #: pipeline's and ``mni``'s) became reproducible (common.data.registration.ants_registration), so the
-#: volumes cached from version 1's unseeded, multi-threaded registrations are not reused.
-PREPROCESS_VERSION = 2
+#: volumes cached from version 1's unseeded, multi-threaded registrations are not reused. 3: the shared
+#: pipeline's brain extraction runs without oneDNN (STANDARD_VERSION 3).
+PREPROCESS_VERSION = 3
 
 
 @dataclass(frozen=True)

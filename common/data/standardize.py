@@ -38,8 +38,9 @@ from common.io import atomic_write
 log = logging.getLogger(__name__)
 
 #: Bump when :func:`standardize_brain` changes its output for the same input. 2: the registration is
-#: reproducible (version 1 entries came from an unseeded, multi-threaded ANTs run: no two alike).
-STANDARD_VERSION = 2
+#: reproducible (version 1 entries came from an unseeded, multi-threaded ANTs run: no two alike). 3: deepbet
+#: runs without oneDNN (:func:`common.device.apply_onednn_policy`).
+STANDARD_VERSION = 3
 #: Brain volumes outside this range (ml) are not a brain extraction but a failure of it.
 BRAIN_VOLUME_ML = (400.0, 2500.0)
 #: A registered brain whose mask overlaps the template brain mask less than this (Dice) failed.
@@ -113,8 +114,14 @@ class StandardBrain:
 
 @lru_cache(maxsize=1)
 def _deepbet():
-    """deepbet's model pair, loaded once per process on the CPU (the weights ship in its wheel)."""
+    """deepbet's model pair, loaded once per process on the CPU (the weights ship in its wheel), with
+    the project's oneDNN policy (:func:`common.device.apply_onednn_policy`: off, so that the mask does
+    not depend on the CPU kind)."""
     from deepbet import BrainExtraction
+
+    from common.device import apply_onednn_policy
+
+    apply_onednn_policy()
 
     return BrainExtraction(no_gpu=True)
 
