@@ -391,10 +391,31 @@ def _fingerprint_worker() -> None:
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(), "ops": op_fingerprints()}))
 
 
-def bench_numerics(previous: dict | None) -> dict:
-    """Fingerprints of fp32 training under each kernel setting, kept per CPU kind across runs (the
-    section merges with earlier machines' rows): the same fingerprint on two CPU kinds means
-    bit-identical fp32 training there."""
+def preprocessing_fingerprint(data_root: str | None) -> dict:
+    """SHA-256 (16 hex digits) of the shared preprocessing's output (:func:`standardize_brain`: brain
+    and mask on the MNI grid) for the first IXI-HH scan, so that two CPU kinds can be compared for the
+    brain extraction, N4 and ANTs registration too. ``{"error": ...}`` where the data is absent."""
+    import nibabel as nib
+    import numpy as np
+
+    from common.data.standardize import standardize_brain
+
+    try:
+        row = _frame("ixi_hh", 1, data_root).iloc[0]
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        return {"error": f"no IXI-HH scan ({err})"}
+    img = nib.load(row["image_path"])
+    start = time.perf_counter()
+    out = standardize_brain(np.asarray(img.dataobj, np.float32), img.affine)
+    return {"participant_id": row["participant_id"], "sha256": _digest(out.brain, out.mask, digits=16),
+            "seconds": time.perf_counter() - start}
+
+
+def bench_numerics(previous: dict | None, data_root: str | None = None) -> dict:
+    """Fingerprints of fp32 training under each kernel setting, and of the shared preprocessing of one
+    real scan (:func:`preprocessing_fingerprint`), kept per CPU kind across runs (the section merges
+    with earlier machines' rows): the same fingerprint on two CPU kinds means bit-identical results
+    there."""
     import subprocess
 
     kind = machine()
@@ -415,8 +436,10 @@ def bench_numerics(previous: dict | None) -> dict:
               f"{mine[name]['step_s']:.2f} s/step)", flush=True)
     from common.runlog import git_commit
 
+    preprocessing = preprocessing_fingerprint(data_root)
+    print(f"[bench] numerics preprocessing: {preprocessing}", flush=True)
     rows[key] = {"commit": git_commit()[:12],
-                 "date": time.strftime("%Y-%m-%d"), "configs": mine}
+                 "date": time.strftime("%Y-%m-%d"), "configs": mine, "preprocessing": preprocessing}
     return {"machines": rows}
 
 
@@ -688,14 +711,19 @@ def _md(report: dict) -> str:
                 "is `MKL_CBWR=COMPATIBLE` and the fused step (`common.training.adam`); since 2026-12-05 the default "
                 "runs without oneDNN (the setting called `avx2-pinned, oneDNN off` before; `oneDNN on` is the "
                 "earlier default).", "",
-                "| CPU (flags) | commit | " + " | ".join(configs) + " |",
-                "|---|---|" + "---|" * len(configs)]
+                "The last column is the shared preprocessing (deepbet, N4, ANTs affine registration to MNI) of the "
+                "first IXI-HH scan, default setting (`preprocessing_fingerprint`).", "",
+                "| CPU (flags) | commit | " + " | ".join(configs) + " | preprocessing of one scan |",
+                "|---|---|" + "---|" * (len(configs) + 1)]
         for key, row in machines.items():
             cells = []
             for name in configs:
                 c = row["configs"].get(name, {})
                 cells.append(f"`{c['sha256']}` ({c['cpu_capability']}, {c['step_s']:.2f} s/step)" if "sha256" in c
                              else c.get("error", "–"))
+            pre = row.get("preprocessing", {})
+            cells.append(f"`{pre['sha256']}` ({pre['participant_id']}, {pre['seconds']:.0f} s)" if "sha256" in pre
+                         else pre.get("error", "–"))
             out.append(f"| {key} | {row['commit']} | " + " | ".join(cells) + " |")
         rows = [(key, name, row["commit"], c["ops"]) for key, row in machines.items()
                 for name, c in row["configs"].items() if c.get("ops")]
@@ -866,7 +894,7 @@ def main(sections: str = "preprocess,loading,models,numerics,mainjob", repeats: 
                                            else precision_methods) if m.strip())
         report["precision"] = bench_precision(names, precision_dataset, data_root, runs_dir, results_dir)
     if "numerics" in chosen:
-        report["numerics"] = bench_numerics(report.get("numerics"))
+        report["numerics"] = bench_numerics(report.get("numerics"), data_root)
     if "mainjob" in chosen:
         report["mainjob"] = bench_mainjob(results_dir)
     if "standardize" in chosen:

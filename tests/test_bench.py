@@ -7,6 +7,7 @@ import json
 import pytest
 
 from scripts import bench, mainjob
+from tests.conftest import SHARED_DATA
 
 
 def test_mainjob_minutes_counts_one_process_once():
@@ -113,6 +114,8 @@ def test_precision_rows_and_merge_keep_other_sections_with_their_stamp(tmp_path)
 def test_numerics_fingerprint_is_reproducible_and_kept_per_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "NUMERICS_CONFIGS", {"avx2-pinned (default)": {}})
     first = bench.bench_numerics({"machines": {"Other CPU (avx2)": {"commit": "x", "date": "d", "configs": {}}}})
+    # the preprocessing digest's reproducibility is tests/test_standardize.py's; here it is computed once
+    monkeypatch.setattr(bench, "preprocessing_fingerprint", lambda data_root: {"error": "not run"})
     again = bench.bench_numerics(None)
     assert "Other CPU (avx2)" in first["machines"], "rows of other machines are kept"
     (mine,) = [k for k in again["machines"]]
@@ -120,3 +123,9 @@ def test_numerics_fingerprint_is_reproducible_and_kept_per_machine(tmp_path, mon
     assert fp["sha256"] == again["machines"][mine]["configs"]["avx2-pinned (default)"]["sha256"], "deterministic"
     assert fp["ops"] == again["machines"][mine]["configs"]["avx2-pinned (default)"]["ops"], "per-op digests deterministic"
     assert {"matmul", "conv3d backward", "AdamW step", "numpy matmul"} <= set(fp["ops"])
+    pre = first["machines"][mine]["preprocessing"]
+    if (SHARED_DATA / "ixi_hh").is_dir():
+        assert len(pre["sha256"]) == 16 and pre["participant_id"].startswith("IXI"), pre
+    machine = {"cpu": "x", "cores": 2, "simd": [], "native_bf16": False, "torch": "t", "threads": 2}
+    md = bench._md({"machine": machine, "date": "d", "commit": "c", "numerics": first})
+    assert pre.get("sha256", pre.get("error")) in md and "preprocessing of one scan" in md
