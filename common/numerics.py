@@ -95,6 +95,13 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def pin_applies() -> bool:
+    """Whether the AVX2 pin applies here: an x86-64 CPU with AVX2, and no ``BRAINMRI_CPU_ISA=native``."""
+    if os.environ.get(ISA_ENV, "avx2").lower() == "native":
+        return False
+    return platform.machine().lower() in {"x86_64", "amd64"} and "avx2" in cpu_flags()
+
+
 def pin_cpu_isa() -> dict[str, str]:
     """Cap ATen and oneDNN at AVX2 and put MKL on its CPU-independent branch, on x86-64 CPUs that have
     AVX2 (see the module docstring).
@@ -107,9 +114,7 @@ def pin_cpu_isa() -> dict[str, str]:
     """
     os.environ.setdefault(*CUBLAS_WORKSPACE)
     os.environ.setdefault(*ITK_THREADS)
-    if os.environ.get(ISA_ENV, "avx2").lower() == "native":
-        return {}
-    if platform.machine().lower() not in {"x86_64", "amd64"} or "avx2" not in cpu_flags():
+    if not pin_applies():
         return {}
     done = {}
     for key, value in AVX2_PIN.items():
@@ -134,9 +139,7 @@ def onednn_allowed() -> bool:
         if explicit.strip() not in {"0", "1"}:
             raise ValueError(f"{ONEDNN_ENV}={explicit!r}: use 1 (oneDNN on, CPU-specific results) or 0 (off)")
         return explicit.strip() == "1"
-    if os.environ.get(ISA_ENV, "avx2").lower() == "native":
-        return True
-    return platform.machine().lower() not in {"x86_64", "amd64"} or "avx2" not in cpu_flags()
+    return not pin_applies()
 
 
 def release_onednn_pin() -> bool:
