@@ -336,7 +336,7 @@ def prepare_inputs(models: list[FoldModel], frame: pd.DataFrame, cache_dir: str 
     from common.data.checks import BadImageError
 
     cache, keep = _feature_cache(models[0], cache_dir), []
-    for i, row in enumerate(progress(list(frame.itertuples(index=False)), desc="VGG16 features", unit="scan")):
+    for i, row in enumerate(progress(list(frame.itertuples(index=False)), desc="VGG16 features", unit="scan", log_every_s=60)):
         try:
             cache.get(row.image_path)
             keep.append(i)
@@ -607,7 +607,7 @@ def _main(model, inputs, out: Path, fold, method, saliency, cache_dir, device, b
         log.info("the %s correction needs each scan's age: corrected values are left empty where it is unknown",
                  correction.formula)
     path = write_csv(out / "predictions.csv", table.round(4))
-    for i, row in enumerate(progress(list(usable.itertuples(index=False)), desc="QC", unit="scan")):
+    for i, row in enumerate(progress(list(usable.itertuples(index=False)), desc="QC", unit="scan", log_every_s=60)):
         name = safe_name(row.participant_id, row.session_id)
         volume = _qc_volume(models[0], row, cache_dir)
         scan_id = " ".join(filter(None, (row.participant_id, row.session_id)))

@@ -50,13 +50,46 @@ def git_commit() -> str:
         return "unknown"
 
 
-def progress(iterable=None, **kwargs):
-    """A tqdm progress bar only when stderr is a terminal on the main process, so that log files
-    hold log lines, not cursor codes (the epoch summaries are logged instead)."""
-    from tqdm.auto import tqdm
+class _LogLines:
+    """A file for tqdm that turns each refresh into one log record (control codes dropped)."""
 
-    kwargs.setdefault("disable", not (sys.stderr.isatty() and is_main_process()))
-    return tqdm(iterable, **kwargs)
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+
+    def write(self, text: str) -> None:
+        text = text.replace("\x1b[A", "").strip("\r\n ")
+        if text:
+            self.logger.info(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def progress(iterable=None, *, log_every_s: float | None = None, **kwargs):
+    """A tqdm progress bar on the main process: drawn when stderr is a terminal; otherwise off, so
+    that log files hold log lines, not cursor codes (the epoch summaries are logged instead).
+
+    Args:
+        iterable: what to iterate over (or ``None`` with ``total=`` and manual ``update()``).
+        log_every_s: where stderr is not a terminal (the main job's log files), log one line
+            ``<desc>: <n>/<total> done, <elapsed> elapsed, <remaining> to go`` at most this often,
+            plus the first and the last, for long loops that log nothing else (feature extraction,
+            preprocessing). ``None``: no such lines.
+        **kwargs: tqdm's own (``desc``, ``total``, ``unit``, ``leave``, ...).
+    """
+    from tqdm import tqdm
+    from tqdm.auto import tqdm as tqdm_auto
+
+    if not is_main_process():
+        kwargs["disable"] = True
+    elif sys.stderr.isatty() or not log_every_s:
+        kwargs.setdefault("disable", not sys.stderr.isatty())
+    else:
+        kwargs.update(file=_LogLines(logging.getLogger("progress")), mininterval=float(log_every_s),
+                      maxinterval=float(log_every_s), leave=True, ascii=True,
+                      bar_format="{desc}: {n_fmt}/{total_fmt} done, {elapsed} elapsed, {remaining} to go")
+        return tqdm(iterable, **kwargs)
+    return tqdm_auto(iterable, **kwargs)
 
 
 def environment_info(device: torch.device) -> dict:

@@ -108,3 +108,23 @@ def test_weights_provenance_names_the_method_of_a_repository_checkpoint(tmp_path
     assert describe_weights(str(tmp_path / "best.pt")) == "fine-tuned from the alz_resnet18 checkpoint best.pt"
     assert describe_weights(str(tmp_path / "plain.pt")) == "state dict from plain.pt"
     assert describe_weights("none").startswith("random initialisation")
+
+
+def test_progress_in_a_log_file_is_log_lines_with_counts(caplog):
+    """Where stderr is not a terminal (the main job's log files), a long loop with ``log_every_s``
+    logs its count and ETA as plain lines; without it, nothing is drawn or logged."""
+    import logging
+
+    from common.runlog import progress
+
+    with caplog.at_level(logging.INFO, logger="progress"):
+        assert list(progress(range(4), desc="VGG16 features", unit="scan", log_every_s=1e-6)) == [0, 1, 2, 3]
+        bar = progress(total=2, desc="preprocess", leave=False, log_every_s=1e-6)
+        bar.update()
+        bar.update()
+        bar.close()
+        list(progress(range(3), desc="quiet"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("VGG16 features: 0/4 done") and lines[-1].startswith("preprocess: 2/2 done"), lines
+    assert any(line.startswith("VGG16 features: 4/4 done") for line in lines), lines
+    assert not any("quiet" in line or "\r" in line or "\x1b" in line for line in lines), lines

@@ -220,7 +220,7 @@ def main(dataset: str = "ixi_hh", profile: str | None = None, weights: str = "no
     frame, exclusions = labelled_split_frame(dataset, data_root, results_dir, max_per_split, fold)
     cache = FeatureCache(cache_dir, extractor, str(weights), hp["keep_triplets"], seed=seed, slicing=hp["slicing"])
     features, keep = [], []
-    for i, row in enumerate(progress(list(frame.itertuples()), desc="VGG16 features", unit="scan")):
+    for i, row in enumerate(progress(list(frame.itertuples()), desc="VGG16 features", unit="scan", log_every_s=60)):
         try:
             features.append(cache.get(row.image_path))
             keep.append(i)

@@ -352,7 +352,8 @@ def _prepare_volumes(manifest: pd.DataFrame, spec: VolumeSpec, cache_root: str |
     if todo:
         workers = workers or min(4, len(os.sched_getaffinity(0)))
         log.info("preprocessing %d volumes (%d cached) with %d workers", len(todo), sum(1 for p in paths if p), workers)
-        bar = progress(total=len(todo), desc=f"preprocess {spec.shape}", unit="vol", leave=False)
+        bar = progress(total=len(todo), desc=f"preprocess {spec.shape}", unit="vol", leave=False,
+                       log_every_s=60)
         if workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
                 results = []
