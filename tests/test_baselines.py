@@ -136,7 +136,16 @@ def test_vgg16_svr_predicts_a_brain_that_is_not_a_file(tmp_path):
     np.testing.assert_array_equal(feats[0], cache.extractor(torch.from_numpy(central)).numpy())
     _, model = fit_early_fusion(feats, np.array([20.0, 40.0, 60.0, 80.0]), np.ones(4, bool), C=1.0, epsilon=0.1)
     save_fitted(tmp_path / "early", "early", model, card)
-    predicted = _predict_brains(str(tmp_path / "early"), [types.SimpleNamespace(brain=b) for b in brains], None)
+    wrapped = [types.SimpleNamespace(brain=b) for b in brains]
+    predicted = _predict_brains(str(tmp_path / "early"), wrapped, None)
     np.testing.assert_allclose(predicted, predict_fitted("early", model, feats))
+    # With a memo (the benchmark's, shared by early and late fusion) each brain's features are extracted once.
+    memo: dict = {}
+    np.testing.assert_allclose(_predict_brains(str(tmp_path / "early"), wrapped, None, memo), predicted)
+    assert len(memo) == 4
+    memo[next(iter(memo))] = np.zeros_like(feats[0])  # a second run reads the memo, not the extractor
+    again = _predict_brains(str(tmp_path / "early"), wrapped, None, memo)
+    np.testing.assert_allclose(again[1:], predicted[1:])
+    np.testing.assert_allclose(again[0], predict_fitted("early", model, [np.zeros_like(feats[0])]))
     with pytest.raises(ValueError, match="need slicing 'mni_axial'"):
         FeatureCache(tmp_path, cache.extractor, "none", 2, slicing="voxel_axis2").from_brain(brains[0])
