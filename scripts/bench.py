@@ -572,9 +572,11 @@ def _predict_brains(run_dir: str, brains: list, frame, features_memo: dict | Non
         model, card = load_fitted(run_dir)
         cache = feature_cache(card, ".cache")
         memo = {} if features_memo is None else features_memo
-        features = [memo[key] if (key := (str(cache.dir), id(b))) in memo else memo.setdefault(key, cache.from_brain(b.brain))
-                    for b in brains]
-        return predict_fitted(card["fusion"], model, features).tolist()
+        keys = [(str(cache.dir), id(b)) for b in brains]
+        for key, b in zip(keys, brains):
+            if key not in memo:
+                memo[key] = cache.from_brain(b.brain)
+        return predict_fitted(card["fusion"], model, [memo[key] for key in keys]).tolist()
     cfg = json.loads((run_dir / "config.json").read_text())
     module = importlib.import_module(MODEL_MODULES[cfg["method"]])
     ckpt = load_checkpoint(run_dir / "best.pt", cfg["method"])
