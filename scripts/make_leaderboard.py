@@ -407,7 +407,8 @@ def noise_floor_lines(doc: dict) -> list[str]:
         trained = r.get("trained_seeds", doc["seeds"])
         note = (f" (trained with seeds {', '.join(map(str, trained))}: a dead-output retry repeated a seed, so fewer "
                 "distinct models)") if len(set(trained)) < len(trained) else ""
-        lines.append(f"- {method}: MAE {', '.join(_f(v) for v in r['mae'])}; SD {_f(r['sd'])} y{note}")
+        commit = str(r.get("commit", doc.get("commit", "?")))[:8]
+        lines.append(f"- {method}: MAE {', '.join(_f(v) for v in r['mae'])}; SD {_f(r['sd'])} y (commit {commit}){note}")
     return lines
 
 

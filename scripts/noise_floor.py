@@ -8,7 +8,9 @@ a result.
 Seed 42 is the main job's own fold model (``runs/<method>/<dataset>/<reuse_run>/fold<k>``) when that
 run is finished and made by the current commit; every other seed trains ``noise-seed<s>/fold<k>``
 (reused when finished by the current commit, so the script can be rerun after an interruption).
-Writes ``<results_dir>/noise_floor.json``.
+Writes ``<results_dir>/noise_floor.json``. Each method's entry carries its own commit, and a method not
+run this time keeps the entry it has there (same dataset, fold, seeds and profile), so the methods can
+be measured in different sessions: ``--methods=tsan_stage1`` now, ``--methods=resnet3d`` later.
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ def _finished(run_dir: Path, commit: str, seed: int) -> bool:
     return c.get("git_commit") == commit and int(c.get("seed", -1)) in seeds and not commit.endswith("-dirty")
 
 
+def _kept_entries(path: Path, dataset: str, fold: int, seeds: list[int], profile: str) -> dict:
+    """The method entries of an existing ``noise_floor.json`` measured on the same dataset, fold, seeds
+    and profile (each with its commit; a file written before entries had one lends them its own), or
+    nothing when the file is missing or measured something else."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if (old.get("dataset"), old.get("fold"), old.get("seeds"), old.get("profile")) != (dataset, fold, seeds, profile):
+        log.info("%s measured another setting (%s fold %s, seeds %s, %s); its entries are replaced", path,
+                 old.get("dataset"), old.get("fold"), old.get("seeds"), old.get("profile"))
+        return {}
+    return {m: {**r, "commit": r.get("commit", old.get("commit", "?"))} for m, r in old.get("methods", {}).items()}
+
+
 def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: int = 0, seeds: str = "42,43,44",
          reuse_run: str = "main-cpu", profile: str = "cpu", data_root: str | None = None, runs_dir: str = "runs",
          results_dir: str = "results", cache_dir: str = ".cache") -> dict:
@@ -76,7 +92,8 @@ def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: i
     if len(seed_list) < 2:
         raise ValueError("the noise floor needs at least 2 seeds")
     commit = git_commit()
-    doc = {"dataset": dataset, "fold": int(fold), "seeds": seed_list, "profile": profile, "commit": commit, "methods": {}}
+    doc = {"dataset": dataset, "fold": int(fold), "seeds": seed_list, "profile": profile,
+           "methods": _kept_entries(Path(results_dir) / "noise_floor.json", dataset, int(fold), seed_list, profile)}
     for method in names:
         module, command = TRAINERS[method]
         train = getattr(importlib.import_module(module), command)
@@ -95,7 +112,8 @@ def main(methods: str = "resnet3d,tsan_stage1", dataset: str = "ixi_hh", fold: i
             maes.append(float(json.loads((run / "metrics_test.json").read_text())["raw"]["mae"]))
             runs.append(str(run))
             trained.append(int(json.loads((run / "config.json").read_text())["seed"]))  # a dead-output retry's seed
-        doc["methods"][method] = {"mae": maes, "sd": float(np.std(maes, ddof=1)), "runs": runs, "trained_seeds": trained}
+        doc["methods"][method] = {"mae": maes, "sd": float(np.std(maes, ddof=1)), "runs": runs, "trained_seeds": trained,
+                                  "commit": commit}
         if len(set(trained)) < len(trained):
             log.warning("%s: two runs trained with the same seed (%s): the spread is over fewer models", method, trained)
         log.info("%s: test MAE %s, SD %.2f y", method, ", ".join(f"{m:.2f}" for m in maes), doc["methods"][method]["sd"])

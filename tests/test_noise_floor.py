@@ -51,3 +51,21 @@ def test_noise_floor_sd_over_seeds_and_reuse(tmp_path, monkeypatch):
         noise_floor.main(methods="nope", **dirs)
     with pytest.raises(ValueError, match="at least 2 seeds"):
         noise_floor.main(methods="fake", seeds="42", **dirs)
+
+
+def test_noise_floor_methods_measured_in_different_sessions_are_merged(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(noise_floor.importlib, "import_module", lambda name: types.SimpleNamespace(train=_fake_trainer(calls)))
+    monkeypatch.setitem(noise_floor.TRAINERS, "fake", ("fake_module", "train"))
+    monkeypatch.setitem(noise_floor.TRAINERS, "other", ("fake_module", "train"))
+    dirs = dict(runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"))
+    monkeypatch.setattr(noise_floor, "git_commit", lambda: "aaaaaaa1")
+    noise_floor.main(methods="fake", seeds="42,43", **dirs)
+    monkeypatch.setattr(noise_floor, "git_commit", lambda: "bbbbbbb2")
+    doc = noise_floor.main(methods="other", seeds="42,43", **dirs)
+    assert sorted(doc["methods"]) == ["fake", "other"], "the method measured earlier is kept"
+    assert doc["methods"]["fake"]["commit"] == "aaaaaaa1" and doc["methods"]["other"]["commit"] == "bbbbbbb2"
+    lines = make_leaderboard.noise_floor_lines(doc)
+    assert any("fake:" in line and "(commit aaaaaaa1)" in line for line in lines), lines
+    doc = noise_floor.main(methods="other", seeds="42,44", **dirs)
+    assert sorted(doc["methods"]) == ["other"], "entries of other seeds are not mixed in"
