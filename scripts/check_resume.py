@@ -60,10 +60,36 @@ def kill_and_resume(module: str, args: list[str], runs_dir: Path, kill_after: in
         RuntimeError: a run failed, or the killed run had already finished.
     """
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    full = subprocess.run(_cmd(module, args, runs_dir, "full"), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if full.returncode != 0:
-        raise RuntimeError(f"uninterrupted run failed:\n{full.stderr[-3000:]}")
+    # the uninterrupted run goes alongside the one that will be killed (the two cores are used by both)
+    with tempfile.TemporaryFile("w+") as full_log:
+        full = subprocess.Popen(_cmd(module, args, runs_dir, "full"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=full_log, text=True)
+        try:
+            killed, done = _kill_after(module, args, runs_dir, env, kill_after, timeout)
+            full.wait(timeout=timeout)
+        finally:
+            full.kill()  # only where it still runs: the other run failed, or it ran out of time
+        if full.returncode != 0:
+            full_log.seek(0)
+            raise RuntimeError(f"uninterrupted run failed:\n{full_log.read()[-3000:]}")
+    resumed = subprocess.run(_cmd(module, args, runs_dir, "killed") + ["--resume"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=timeout)
+    if resumed.returncode != 0:
+        raise RuntimeError(f"resumed run failed:\n{resumed.stderr[-3000:]}")
+    full_dir = _run_dir(runs_dir, "full")
+    a = torch.load(full_dir / "best.pt", weights_only=True)
+    b = torch.load(killed / "best.pt", weights_only=True)
+    differing = [k for k, v in a["model_state"].items() if not torch.equal(v, b["model_state"][k])]
+    metrics_equal = (json.loads((full_dir / "metrics_test.json").read_text())
+                     == json.loads((killed / "metrics_test.json").read_text()))
+    return {"identical": not differing and metrics_equal and a["epoch"] == b["epoch"], "killed_after_epoch": int(done),
+            "best_epoch": (int(a["epoch"]), int(b["epoch"])), "differing_tensors": differing,
+            "metrics_equal": metrics_equal, "resume_log": resumed.stderr}
+
+
+def _kill_after(module: str, args: list[str], runs_dir: Path, env: dict, kill_after: int, timeout: float) -> tuple[Path, int]:
+    """Start the run named ``killed`` and SIGKILL it once ``kill_after`` epochs are logged; its run folder
+    and the last epoch in its ``last.pt`` (-1: none yet). Raises RuntimeError if it finished first."""
     proc = subprocess.Popen(_cmd(module, args, runs_dir, "killed"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
@@ -81,19 +107,7 @@ def kill_and_resume(module: str, args: list[str], runs_dir: Path, kill_after: in
     done = torch.load(last, weights_only=True)["epoch"] if last.exists() else -1
     if metrics is None or (killed / "metrics_test.json").exists():
         raise RuntimeError("the run finished before it could be killed; use more epochs")
-    resumed = subprocess.run(_cmd(module, args, runs_dir, "killed") + ["--resume"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=timeout)
-    if resumed.returncode != 0:
-        raise RuntimeError(f"resumed run failed:\n{resumed.stderr[-3000:]}")
-    full_dir = _run_dir(runs_dir, "full")
-    a = torch.load(full_dir / "best.pt", weights_only=True)
-    b = torch.load(killed / "best.pt", weights_only=True)
-    differing = [k for k, v in a["model_state"].items() if not torch.equal(v, b["model_state"][k])]
-    metrics_equal = (json.loads((full_dir / "metrics_test.json").read_text())
-                     == json.loads((killed / "metrics_test.json").read_text()))
-    return {"identical": not differing and metrics_equal and a["epoch"] == b["epoch"], "killed_after_epoch": int(done),
-            "best_epoch": (int(a["epoch"]), int(b["epoch"])), "differing_tensors": differing,
-            "metrics_equal": metrics_equal, "resume_log": resumed.stderr}
+    return killed, int(done)
 
 
 def main(module: str, args: str = "", kill_after: int = 1, keep: bool = False) -> None:

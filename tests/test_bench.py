@@ -111,21 +111,42 @@ def test_precision_rows_and_merge_keep_other_sections_with_their_stamp(tmp_path)
     assert out.read_text().count("_Measured ") == 2
 
 
-def test_numerics_fingerprint_is_reproducible_and_kept_per_machine(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "NUMERICS_CONFIGS", {"avx2-pinned (default)": {}})
-    first = bench.bench_numerics({"machines": {"Other CPU (avx2)": {"commit": "x", "date": "d", "configs": {}}}})
-    # the preprocessing digest's reproducibility is tests/test_standardize.py's; here it is computed once
-    monkeypatch.setattr(bench, "preprocessing_fingerprint", lambda data_root: {"error": "not run"})
-    again = bench.bench_numerics(None)
-    assert "Other CPU (avx2)" in first["machines"], "rows of other machines are kept"
-    (mine,) = [k for k in again["machines"]]
-    fp = first["machines"][mine]["configs"]["avx2-pinned (default)"]
-    assert fp["sha256"] == again["machines"][mine]["configs"]["avx2-pinned (default)"]["sha256"], "deterministic"
-    assert fp["ops"] == again["machines"][mine]["configs"]["avx2-pinned (default)"]["ops"], "per-op digests deterministic"
-    assert {"matmul", "conv3d backward", "AdamW step", "numpy matmul"} <= set(fp["ops"])
-    pre = first["machines"][mine]["preprocessing"]
+def test_numerics_section_keeps_other_machines_and_reports_a_failed_worker(tmp_path, monkeypatch):
+    """The numerics section's bookkeeping: one row per CPU kind (other machines' rows are kept), a
+    worker that fails is an error entry, the preprocessing digest names its scan. The worker's bits are
+    tests/test_numerics.py's (one real worker run there) and the preprocessing's reproducibility
+    tests/test_standardize.py's, so both are stand-ins here."""
+    import subprocess
+
+    import numpy as np
+
+    from common.data import standardize
+
+    worker = {"sha256": "0123456789abcdef", "step_s": 1.0, "cpu_capability": "AVX2", "ops": {"matmul": "01234567"}}
+    calls, real_run = [], subprocess.run
+
+    def fake_run(cmd, *args, **kwargs):
+        if "--fingerprint_worker" not in cmd:  # git and the like
+            return real_run(cmd, *args, **kwargs)
+        calls.append(kwargs["env"])
+        ok = len(calls) == 1
+        return subprocess.CompletedProcess(cmd, 0 if ok else 1, stdout=json.dumps(worker) if ok else "",
+                                           stderr="" if ok else "Traceback\nRuntimeError: worker died")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(bench, "NUMERICS_CONFIGS", {"avx2-pinned (default)": {}, "oneDNN": {"BRAINMRI_ONEDNN": "1"}})
+    monkeypatch.setattr(standardize, "standardize_brain",
+                        lambda data, affine: standardize.StandardBrain(np.zeros((2, 2, 2), np.float32),
+                                                                       np.zeros((2, 2, 2), bool), {}))
+    numerics = bench.bench_numerics({"machines": {"Other CPU (avx2)": {"commit": "x", "date": "d", "configs": {}}}})
+    assert calls[0]["OMP_NUM_THREADS"] == "2" and calls[1]["BRAINMRI_ONEDNN"] == "1"
+    assert "Other CPU (avx2)" in numerics["machines"], "rows of other machines are kept"
+    (mine,) = [k for k in numerics["machines"] if k != "Other CPU (avx2)"]
+    configs = numerics["machines"][mine]["configs"]
+    assert configs["avx2-pinned (default)"] == worker and configs["oneDNN"] == {"error": "RuntimeError: worker died"}
+    pre = numerics["machines"][mine]["preprocessing"]
     if (SHARED_DATA / "ixi_hh").is_dir():
         assert len(pre["sha256"]) == 16 and pre["participant_id"].startswith("IXI"), pre
     machine = {"cpu": "x", "cores": 2, "simd": [], "native_bf16": False, "torch": "t", "threads": 2}
-    md = bench._md({"machine": machine, "date": "d", "commit": "c", "numerics": first})
+    md = bench._md({"machine": machine, "date": "d", "commit": "c", "numerics": numerics})
     assert pre.get("sha256", pre.get("error")) in md and "preprocessing of one scan" in md

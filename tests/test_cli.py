@@ -42,13 +42,16 @@ def test_help(module, command, capsys):
     assert "NAME" in text and ("FLAGS" in text or "COMMANDS" in text or "POSITIONAL" in text)
 
 
-def test_help_as_a_real_command():
-    """One real entry point end to end: ``python -m resnet3d.train train --help``."""
+def test_help_as_a_real_command_shows_the_profile_defaults():
+    """One real entry point end to end: ``python -m resnet3d.train train --help`` lists the flags and the
+    profiles' defaults."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PAGER": "cat", "TERM": "dumb"}
     proc = subprocess.run([sys.executable, "-m", "resnet3d.train", "train", "--help"], cwd=REPO, capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--image_size" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    table = proc.stdout.split("PROFILE DEFAULTS", 1)[1]
+    assert "--epochs" in table and "100" in table and "16" in table, table
 
 
 def test_fetch_data_offline_fails_cleanly(tmp_path, monkeypatch):
@@ -89,30 +92,41 @@ def _tree_state() -> tuple:
     return status, files
 
 
-@pytest.mark.parametrize("wrapper", WRAPPERS)
-def test_every_wrapper_help_shows_help_and_changes_nothing(wrapper, tmp_path):
-    """`bash <wrapper> --epochs=1 --help`, from another folder and without an activated venv, prints
-    help, exits 0 and changes no file (no run folder, no result)."""
+@pytest.fixture(scope="module")
+def wrapper_help(tmp_path_factory) -> dict:
+    """`bash <wrapper> --epochs=1 --help` for every wrapper, two at a time (each is one mostly
+    single-threaded Python start-up, so the two cores halve the wall time), from a fresh folder each and
+    without an activated venv: ``{wrapper: (returncode, output, caller folder)}``, plus the tree state
+    before and after all of them under ``"_tree"``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "RUN_NAME": "must-not-exist", "DATASET": "no_such_dataset",
                 "PAGER": "cat"})
+
+    def run(wrapper: str) -> tuple[int, str, Path]:
+        cwd = tmp_path_factory.mktemp("caller")
+        proc = subprocess.run(["bash", str(REPO / wrapper), "--epochs=1", "--help"], cwd=cwd, capture_output=True,
+                              text=True, env=env, timeout=300)
+        return proc.returncode, proc.stdout + proc.stderr, cwd
+
     before = _tree_state()
-    proc = subprocess.run(["bash", str(REPO / wrapper), "--epochs=1", "--help"], cwd=tmp_path, capture_output=True,
-                          text=True, env=env, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-2000:]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(WRAPPERS, pool.map(run, WRAPPERS)))
+    return {**results, "_tree": (before, _tree_state())}
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_every_wrapper_help_shows_help_and_changes_nothing(wrapper, wrapper_help):
+    """`bash <wrapper> --epochs=1 --help`, from another folder and without an activated venv, prints
+    help, exits 0 and changes no file (no run folder, no result)."""
+    returncode, out, cwd = wrapper_help[wrapper]
+    assert returncode == 0, out[-2000:]
     assert "NAME" in out and ("FLAGS" in out or "POSITIONAL" in out or "COMMANDS" in out), out[-2000:]
     assert "Traceback" not in out
-    assert _tree_state() == before, "help changed files"
-    assert list(tmp_path.iterdir()) == [], "help wrote into the caller's folder"
-
-
-def test_profile_defaults_are_shown_in_help():
-    env = {**os.environ, "PAGER": "cat"}
-    proc = subprocess.run([sys.executable, "-m", "resnet3d.train", "train", "--help"], cwd=REPO, capture_output=True,
-                          text=True, env=env, timeout=120)
-    table = proc.stdout.split("PROFILE DEFAULTS", 1)[1]
-    assert "--epochs" in table and "100" in table and "16" in table, table
+    before, after = wrapper_help["_tree"]
+    assert after == before, "a wrapper's help changed files"
+    assert list(cwd.iterdir()) == [], "help wrote into the caller's folder"
 
 
 def _checked(module: str, command: list[str], argv: list[str]):

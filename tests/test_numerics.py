@@ -105,7 +105,9 @@ def test_fp32_training_gives_the_bits_measured_on_both_epyc_kinds():
     without oneDNN (benchmarks/BENCHMARKS.md, numerics section); with oneDNN they differed."""
     out = _python(f"import runpy, sys; sys.argv = ['bench', '--fingerprint_worker'];"
                   f"runpy.run_path({str(REPO / 'scripts' / 'bench.py')!r}, run_name='__main__')", OMP_NUM_THREADS="2")
-    assert json.loads(out.strip().splitlines()[-1])["sha256"] == "0ce4052ab2f9436e"
+    fingerprint = json.loads(out.strip().splitlines()[-1])
+    assert fingerprint["sha256"] == "0ce4052ab2f9436e"
+    assert {"matmul", "conv3d backward", "AdamW step", "numpy matmul"} <= set(fingerprint["ops"]), "per-kernel digests"
     native = _python("import common, os; print(os.environ.get('ATEN_CPU_CAPABILITY'))", BRAINMRI_CPU_ISA="native")
     assert native.strip() == "None", "BRAINMRI_CPU_ISA=native leaves the libraries alone"
 
