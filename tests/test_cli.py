@@ -18,7 +18,7 @@ CLIS = [
     ("baselines.oasis_resblock.train", ["train"]), ("baselines.oasis_resblock.train", ["test"]),
     ("baselines.vgg16_svr.train", []), ("baselines.reference", ["mean_age"]), ("baselines.reference", ["roi_ridge"]),
     ("scripts.make_splits", []), ("scripts.make_leaderboard", []), ("scripts.fetch_data", []),
-    ("scripts.check_resume", []), ("scripts.bench", []),
+    ("scripts.check_resume", []), ("scripts.bench", []), ("scripts.compare_rerun", []),
     ("alz_cnn.train", ["train"]), ("alz_cnn.train", ["test"]), ("alz_cnn.train", ["compare"]),
     ("alz_cnn.train", ["summarize"]),
     ("tsan.train", ["pretrain_sorter"]), ("tsan.train", ["train_first_stage"]), ("tsan.train", ["train_second_stage"]),

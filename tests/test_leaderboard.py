@@ -118,3 +118,34 @@ def test_transfer_rows_at_chance_leave_the_table_and_the_leaky_row_stands_apart(
     assert "not a generalisation result" in leaky and "| ALZ_ALTZCNN_LEAKY_EMULATION | cpu | 20 | 0.900" in leaky
     assert "0.800 | 0.600" in leaky
     assert "not trained enough" in board and "ALZ_RESNET50 on alzheimer4, cpu: balanced accuracy 0.300" in board
+
+
+def test_compare_rerun_pairs_a_changed_row_with_its_committed_version(tmp_path):
+    """scripts/compare_rerun.py: a rerun row whose errors grew by 1 y on every subject gives ΔMAE
+    +1 with a CI of exactly [1, 1]; an untouched row is listed as unchanged; a row the revision
+    lacks as new; a bad revision is an error naming it."""
+    import subprocess
+
+    from scripts import compare_rerun
+
+    results = tmp_path / "results"
+    errors = np.tile([2.0, -3.0, 1.0, -1.5], 5)
+    _result(results, "alpha", "ixi_hh", errors)
+    _result(results, "beta", "ixi_hh", errors * 2)
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "rows")
+    _result(results, "alpha", "ixi_hh", errors + np.sign(errors), commit="def5678")  # |error| + 1 everywhere
+    _result(results, "gamma", "ixi_hh", errors)
+    text = compare_rerun.main(rev="HEAD", results_dir=str(results))
+    row = next(line for line in text.splitlines() if line.startswith("| alpha"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:6] == ["20", "abc1234 → def5678", "1.88 → 2.88", "+1.00 [1.00, 1.00]"]
+    assert float(cells[7]) == pytest.approx(1.0)  # every prediction moved by 1 y
+    assert "Unchanged: beta on ixi_hh." in text and "gamma on ixi_hh" in text.split("New since HEAD")[1]
+    with pytest.raises(ValueError, match="no-such-rev"):
+        compare_rerun.main(rev="no-such-rev", results_dir=str(results))
