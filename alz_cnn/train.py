@@ -41,7 +41,7 @@ from common.io import write_csv, write_json
 from common.metrics import classification_metrics
 from common.paths import find_data_root
 from common.plots import training_curves
-from common.runlog import RunLogger, environment_info, git_commit, setup_logging
+from common.runlog import RunLogger, environment_info, git_commit, run_config, setup_logging
 from common.training import VAL_ACCURACY, VAL_BALANCED_ACCURACY, FitConfig, adam, fit_model, load_checkpoint, predict
 
 log = logging.getLogger("alz_cnn")
@@ -313,7 +313,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
     """
     setup_logging()
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = run_config(run_dir)
     if _state is None:
         frame, class_names, _, images = _load(cfg["data_root"], cfg["cache_dir"], cfg["image_size"],
                                               cfg["val_fraction"], cfg["seed"])

@@ -4,7 +4,6 @@ the run skeleton (:func:`train_brain_age`, :func:`evaluate_brain_age`) and the e
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from common.io import save_torch, write_csv, write_json
 from common.metrics import BiasCorrection, brain_age_report
 from common.plots import gap_vs_age, scatter_predicted_vs_age, training_curves
 from common.results import brain_age_predictions, split_counts, write_predictions, write_result
-from common.runlog import RunLogger, environment_info, git_commit
+from common.runlog import RunLogger, environment_info, git_commit, run_config
 from common.training import VAL_MAE, FitConfig, Selection, fit_model, load_checkpoint, predict
 
 log = logging.getLogger(__name__)
@@ -285,7 +284,7 @@ def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: 
         ``(report, frame, config, model)``.
     """
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = run_config(run_dir)
     dev = select_device(device)
     ckpt = load_checkpoint(run_dir / "best.pt", method)
     if frame is None:

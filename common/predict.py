@@ -1,7 +1,7 @@
 """Brain age on your own T1-weighted scans, with any trained brain-age model of this repository.
 
     python -m common.predict --model_path=runs/resnet3d/ixi_hh/main-cpu --inputs=my_scans/      # fold ensemble
-    python -m common.predict --model_path=runs/tsan_stage2/ixi_hh/main-cpu --inputs=scans.csv --fold=0
+    python -m common.predict --model_path=runs/tsan_stage2/ixi_hh/main-cpu-faithful --inputs=scans.csv --fold=0
     python -m common.predict --model_path=runs/resnet3d/ixi_hh/main-cpu --inputs=bids_study/ --saliency=True
     bash resnet3d/predict.sh --model_path=... --inputs=a.nii.gz,b.nii.gz   # the same, one wrapper per method
 

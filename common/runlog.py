@@ -29,6 +29,24 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def run_config(run_dir: str | Path) -> dict:
+    """The ``config.json`` of one run folder (one fold of a cross-validated run, or a single-split run).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no ``config.json``; when it is a cross-validated run
+            (``fold<k>/`` sub-folders), the message names its folds, since a fold is what to pass.
+    """
+    import json
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        folds = sorted(p.name for p in Path(run_dir).glob("fold*") if (p / "config.json").is_file())
+        hint = (f"; it is a cross-validated run: pass one of its folds ({', '.join(folds)}), e.g. "
+                f"{Path(run_dir) / folds[0]}" if folds else "")
+        raise FileNotFoundError(f"{run_dir} is not a finished run folder (no config.json){hint}")
+    return json.loads(path.read_text())
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The last commit that changed the code this process runs (``-dirty`` if tracked code differs),

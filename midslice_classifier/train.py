@@ -9,7 +9,6 @@ Ages7-12, Adults). Deviations are listed in midslice_classifier/README.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from common.experiment import default_run_name, labelled_split_frame, publicatio
 from common.plots import training_curves
 from common.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from common.results import split_counts
-from common.runlog import RunLogger, environment_info, git_commit, setup_logging
+from common.runlog import RunLogger, environment_info, git_commit, run_config, setup_logging
 from common.training import VAL_ACCURACY, FitConfig, fit_model, load_checkpoint, predict
 from midslice_classifier.data import HistogramMatcher, extract_mid_slice, montage, save_png, to_uint8
 from midslice_classifier.model import build_resnet18_classifier, parameter_groups
@@ -238,7 +237,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
     """
     setup_logging()
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = run_config(run_dir)
     if _state is None:
         from common.data.manifest import Exclusions
 

@@ -10,7 +10,6 @@ Deviations from it are listed in resnet3d/README.md.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from common.data.augment import acquisition_augmentation, seeded
 from common.data.preprocess import VolumeSpec
 from common.device import default_profile
 from common.experiment import int_tuple, publication, resolve_profile
-from common.runlog import setup_logging
+from common.runlog import run_config, setup_logging
 from common.training import adam, warmup_factor
 from resnet3d.model import BrainAgeResNet3D
 
@@ -214,7 +213,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _frame=No
     """
     setup_logging()
     t0 = _wall_start or time.time()
-    method = json.loads((Path(run_dir) / "config.json").read_text()).get("method", METHOD)
+    method = run_config(run_dir).get("method", METHOD)
     report, frame, cfg, model = evaluate_brain_age(run_dir, method, model_from_checkpoint, device, _frame,
                                                       correction_formula=CORRECTION)
     if publish:

@@ -6,6 +6,7 @@ runs end with bit-identical ``best.pt`` weights, the same best epoch and the sam
 
     python scripts/check_resume.py --module=midslice_classifier.train --args="--epochs=4 --max_per_split=8"
     python scripts/check_resume.py --module=baselines.oasis_resblock.train --args="--epochs=4 --max_per_split=8"
+    python scripts/check_resume.py --module=tsan.train:train_first_stage --args="--epochs=3 --max_per_split=8"
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cmd(module: str, args: list[str], runs_dir: Path, run_name: str) -> list[str]:
+    """``module`` is ``package.module`` (its ``train`` command) or ``package.module:command``."""
+    module, _, command = module.partition(":")
     fold = [] if any(a.startswith("--fold") for a in args) else ["--fold=0"]  # one outer fold unless told
-    return [sys.executable, "-m", module, "train", *args, *fold, f"--runs_dir={runs_dir}", f"--run_name={run_name}",
+    return [sys.executable, "-m", module, command or "train", *args, *fold, f"--runs_dir={runs_dir}", f"--run_name={run_name}",
             "--publish=False"]
 
 
@@ -46,8 +49,9 @@ def kill_and_resume(module: str, args: list[str], runs_dir: Path, kill_after: in
     """Uninterrupted run vs. SIGKILL-ed and resumed run; returns the comparison.
 
     Args:
-        module: ``python -m`` module with a fire ``train`` command that takes ``--runs_dir``,
-            ``--run_name``, ``--publish`` and ``--resume``.
+        module: ``python -m`` module with a fire ``train`` command, or ``module:command`` for another
+            command (``tsan.train:train_first_stage``); the command takes ``--runs_dir``,
+            ``--run_name``, ``--publish``, ``--resume`` and ``--fold``.
         args: further ``--key=value`` arguments for both runs (dataset, epochs, sizes...).
         runs_dir: where both run folders go.
         kill_after: epochs that must be logged in ``metrics.csv`` before the kill.
@@ -114,7 +118,8 @@ def main(module: str, args: str = "", kill_after: int = 1, keep: bool = False) -
     """Print the kill-and-resume comparison for ``module``; exit 1 when the runs differ.
 
     Args:
-        module: e.g. ``resnet3d.train``, ``baselines.oasis_resblock.train``, ``midslice_classifier.train``.
+        module: e.g. ``resnet3d.train``, ``baselines.oasis_resblock.train``, ``midslice_classifier.train``
+            (their ``train`` command), or ``module:command`` such as ``tsan.train:train_first_stage``.
         args: extra arguments for both runs, one string (e.g. ``"--epochs=4 --max_per_split=8"``).
         kill_after: epochs logged before the SIGKILL.
         keep: keep the temporary run folders.

@@ -128,3 +128,18 @@ def test_progress_in_a_log_file_is_log_lines_with_counts(caplog):
     assert lines[0].startswith("VGG16 features: 0/4 done") and lines[-1].startswith("preprocess: 2/2 done"), lines
     assert any(line.startswith("VGG16 features: 4/4 done") for line in lines), lines
     assert not any("quiet" in line or "\r" in line or "\x1b" in line for line in lines), lines
+
+
+def test_run_config_names_the_folds_of_a_cross_validated_run(tmp_path):
+    """A test/analyse command given a cross-validated run instead of one of its folds says which folds to pass."""
+    from common.runlog import run_config
+
+    (tmp_path / "run" / "fold0").mkdir(parents=True)
+    (tmp_path / "run" / "fold1").mkdir()
+    for k in (0, 1):
+        (tmp_path / "run" / f"fold{k}" / "config.json").write_text('{"method": "resnet3d"}')
+    assert run_config(tmp_path / "run" / "fold1") == {"method": "resnet3d"}
+    with pytest.raises(FileNotFoundError, match=r"cross-validated run: pass one of its folds \(fold0, fold1\)"):
+        run_config(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=r"\(no config.json\)$"):
+        run_config(tmp_path)

@@ -26,3 +26,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert out["differing_tensors"] == [] and out["metrics_equal"] and out["identical"], out
     run = tmp_path / "runs" / "resnet3d" / "study" / "killed" / "fold0"
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == list(range(EPOCHS)), "no epoch logged twice"
+
+
+def test_check_resume_runs_another_command_of_a_module():
+    """``module:command`` (TSAN's stages have no ``train`` command) runs that command; a bare module runs ``train``."""
+    from pathlib import Path
+
+    from scripts.check_resume import _cmd
+
+    assert _cmd("tsan.train:train_first_stage", ["--epochs=3"], Path("r"), "full")[2:5] == [
+        "tsan.train", "train_first_stage", "--epochs=3"]
+    assert _cmd("resnet3d.train", [], Path("r"), "full")[2:4] == ["resnet3d.train", "train"]

@@ -34,7 +34,7 @@ from common.data.preprocess import VolumeSpec
 from common.device import default_profile, select_device
 from common.experiment import default_run_name, publication, resolve_profile, run_folder
 from common.io import write_csv, write_json
-from common.runlog import setup_logging
+from common.runlog import run_config, setup_logging
 from common.training import adam, load_checkpoint, predict
 from tsan.model import FirstStage, ScaleDense, SecondStage, SecondStageScaleDense, discretize_age, init_weights
 from tsan.ranking import RankingLoss, TSANLoss, load_sorter, pretrain_sorter
@@ -404,7 +404,7 @@ def train_second_stage(first_stage: str, variant: str = "faithful", profile: str
     setup_logging()
     _variant_method(variant)
     first_dir = Path(first_stage)
-    first_cfg = json.loads((first_dir / "config.json").read_text())
+    first_cfg = run_config(first_dir)
     if int(first_cfg.get("fold", 0)) != int(fold):
         raise ValueError(f"{first_dir} is stage 1 of fold {first_cfg.get('fold', 0)}, not of fold {fold}")
     first_ckpt = load_checkpoint(first_dir / "best.pt", STAGE1)
@@ -608,7 +608,7 @@ def residual_sources(run_dir: str, device: str = "auto") -> dict:
     """
 
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = run_config(run_dir)
     model, ckpt, dev = load_best(run_dir, device)
     if "stage1" not in ckpt["model_args"]:
         raise ValueError(f"{run_dir} is not a stage-2 run")
@@ -706,7 +706,7 @@ def test_second_stage(run_dir: str, publish: bool = True, device: str = "auto") 
         device: compute device.
     """
     setup_logging()
-    method = json.loads((Path(run_dir) / "config.json").read_text())["method"]
+    method = run_config(run_dir)["method"]
     return _evaluate(run_dir, method, publish, device)
 
 
