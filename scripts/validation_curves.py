@@ -9,11 +9,13 @@ For every ``runs/<method>/<dataset>/<run_name>/fold<k>/metrics.csv`` it reads th
 per epoch (``mae/val`` for regressors, ``acc/val`` for classifiers), averages it over folds, and
 reports the best epoch of each fold, the epoch from which the fold-mean curve stays within
 ``tolerance`` of its best value (the curve's plateau), and the share of an epoch's time spent in
-training steps, precise-BatchNorm recalibration and validation. Writes ``<out>.md`` and ``<out>.png``.
+training steps, precise-BatchNorm recalibration and validation. Keeps the entries in ``<out>.json``
+(merged across machines) and writes ``<out>.md`` and ``<out>.png`` from them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -90,67 +92,122 @@ def _plateau_cell(mean: pd.Series, higher: bool, tolerance: float) -> str:
     return f"{epoch} of {int(mean.index[-1])}" + (" (still improving)" if epoch == int(mean.index[-1]) else "")
 
 
+def summarize(method: str, dataset: str, score: str, curves: pd.DataFrame, times: pd.DataFrame,
+              tolerance: float, commit: str) -> dict:
+    """One report entry: the table's cells and the per-fold curves (kept so that a later report,
+    made on a machine without these runs, still has them).
+
+    Args:
+        method, dataset: the row's names (a TSAN stage-2 variant is part of ``method``).
+        score: the validation column (a key of :data:`SCORES`).
+        curves, times: :func:`fold_curves`'s tables.
+        tolerance: relative distance from the best value that counts as the plateau.
+        commit: the code commit of the run's folds (``git_commit`` in their ``config.json``).
+
+    Returns:
+        A JSON-ready dict: ``method``, ``dataset``, ``score``, ``commit``, ``cells`` (the table row after
+        the first three columns) and ``curves`` (``{fold: {epoch: value}}``).
+    """
+    higher = SCORES[score]
+    mean = curves.mean(axis=1)
+    best_epoch = int(mean.idxmax() if higher else mean.idxmin())
+    per_fold = curves.idxmax() if higher else curves.idxmin()
+    split = ", ".join(f"{times[c].mean():.1f}" if c in times else "–"
+                      for c in ("time/steps_s", "time/precise_bn_s", "time/validation_s"))
+    cells = [str(curves.shape[1]), str(len(curves)), ", ".join(str(int(e)) for e in per_fold),
+             f"{mean[best_epoch]:.3f} ({best_epoch})", f"{mean.iloc[-1]:.3f}", _plateau_cell(mean, higher, tolerance),
+             split]
+    return {"method": method, "dataset": dataset, "score": score, "commit": commit[:8], "cells": cells,
+            "curves": {str(int(f)): {str(int(e)): float(v) for e, v in curves[f].dropna().items()} for f in curves}}
+
+
+def _run_commit(run_root: Path) -> str:
+    configs = sorted(run_root.glob("fold*/config.json"))
+    return json.loads(configs[0].read_text()).get("git_commit", "?") if configs else "?"
+
+
 def main(runs_dir: str = "runs", run_name: str = "main-cpu", tolerance: float = 0.05,
          out: str = "results/validation_curves") -> Path:
     """Write the validation-curve report of every cross-validated run named ``run_name``.
+
+    The entries live in ``<out>.json``: a run found under ``runs_dir`` replaces its (method,
+    dataset) entry there, and the other entries are kept, so the report of a main job that ran on
+    several machines (each with only its own ``runs/``) holds every method. ``<out>.md`` and
+    ``<out>.png`` are rendered from the merged entries.
 
     Args:
         runs_dir: root of the run folders.
         run_name: the run name the main job used (``main-<profile>``).
         tolerance: relative distance from the fold-mean curve's best value that counts as its plateau.
-        out: output path without suffix (``.md`` and ``.png`` are written).
+        out: output path without suffix (``.json``, ``.md`` and ``.png`` are written).
 
     Returns:
         Path of the Markdown report.
 
     Raises:
-        FileNotFoundError: no run named ``run_name`` has a fold with validation scores.
+        FileNotFoundError: no run named ``run_name`` has a fold with validation scores, and ``<out>.json``
+            holds no entry either.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from common.io import write_json
+
     setup_logging()
-    found = {}
+    store = Path(out).with_suffix(".json")
+    entries = {(e["method"], e["dataset"]): e for e in json.loads(store.read_text())} if store.is_file() else {}
+    found = 0
     for root in sorted(Path(runs_dir).glob(f"*/*/{run_name}")) + sorted(Path(runs_dir).glob(f"*/*/{run_name}-*")):
         curves = fold_curves(root)
         if curves is not None:
-            found[(root.parts[-3] + root.name.removeprefix(run_name).replace("-", " "), root.parts[-2])] = curves
-    if not found:
+            method = root.parts[-3] + root.name.removeprefix(run_name).replace("-", " ")
+            entries[(method, root.parts[-2])] = summarize(method, root.parts[-2], *curves, tolerance, _run_commit(root))
+            found += 1
+    if not entries:
         raise FileNotFoundError(f"no fold of a run named {run_name!r} under {runs_dir}/ has a metrics.csv with a "
                                 "validation score; run the main job first (bash scripts/reproduce.sh)")
+    entries = dict(sorted(entries.items(), key=lambda kv: (kv[0][1], kv[0][0])))
+    write_json(store, list(entries.values()))
     lines = ["# Validation curves of the cross-validated runs", "",
-             f"Generated by `python scripts/validation_curves.py` from `{runs_dir}/*/*/{run_name}/fold*/metrics.csv` "
-             "(validation data only). Plateau: the first epoch from which the fold-mean validation curve stays within "
-             f"{tolerance:.0%} of its best value; a plateau at the last epoch means the curve is still improving, so "
-             "fewer epochs would cost validation accuracy. Epoch time split: mean seconds per epoch in training steps, "
-             "precise-BatchNorm recalibration and validation.", "",
+             f"Generated by `python scripts/validation_curves.py` from `runs/*/*/{run_name}/fold*/metrics.csv` of each "
+             f"machine that ran the main job (validation data only; the entries are kept in `{store.name}`). Plateau: "
+             f"the first epoch from which the fold-mean validation curve stays within {tolerance:.0%} of its best "
+             "value; a plateau at the last epoch means the curve is still improving, so fewer epochs would cost "
+             "validation accuracy. Epoch time split: mean seconds per epoch in training steps, precise-BatchNorm "
+             "recalibration and validation.", "",
              "| method | dataset | score | folds | epochs | best epoch per fold | fold-mean best (epoch) | "
-             "fold-mean at last epoch | plateau from epoch | s/epoch: steps, precise BN, validation |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    ncols = min(4, len(found))
-    nrows = -(-len(found) // ncols)
+             "fold-mean at last epoch | plateau from epoch | s/epoch: steps, precise BN, validation | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {e['method']} | {e['dataset']} | {e['score']} | " + " | ".join(e["cells"]) + f" | {e['commit']} |"
+              for e in entries.values()]
+    plotted = [e for e in entries.values() if e.get("curves")]
+    missing = [f"{e['method']} on {e['dataset']}" for e in entries.values() if not e.get("curves")]
+    if missing:
+        lines += ["", f"Rows without a plot (their per-epoch curves were not kept by the report of then): "
+                      f"{', '.join(missing)}."]
+    md = Path(out).with_suffix(".md")
+    if not plotted:
+        md.write_text("\n".join(lines) + "\n")
+        log.info("wrote %s and %s (%d entries, none with curves to plot)", md, store, len(entries))
+        return md
+    ncols = max(1, min(4, len(plotted)))
+    nrows = max(1, -(-len(plotted) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False)
-    for ax in axes.flat[len(found):]:
+    for ax in axes.flat[len(plotted):]:
         ax.axis("off")
-    for ax, ((method, dataset), (score, curves, times)) in zip(axes.flat, found.items()):
-        higher = SCORES[score]
+    for ax, e in zip(axes.flat, plotted):
+        curves = pd.DataFrame({int(f): pd.Series({int(k): v for k, v in c.items()}) for f, c in e["curves"].items()})
+        curves = curves.sort_index()
         mean = curves.mean(axis=1)
-        best_epoch = int(mean.idxmax() if higher else mean.idxmin())
-        per_fold = curves.idxmax() if higher else curves.idxmin()
-        split = ", ".join(f"{times[c].mean():.1f}" if c in times else "–"
-                          for c in ("time/steps_s", "time/precise_bn_s", "time/validation_s"))
-        lines.append(f"| {method} | {dataset} | {score} | {curves.shape[1]} | {len(curves)} | "
-                     f"{', '.join(str(int(e)) for e in per_fold)} | {mean[best_epoch]:.3f} ({best_epoch}) | "
-                     f"{mean.iloc[-1]:.3f} | {_plateau_cell(mean, higher, tolerance)} | {split} |")
         for fold in curves.columns:
             ax.plot(curves.index, curves[fold], color="0.75", linewidth=0.8)
         ax.plot(mean.index, mean, color="tab:blue", linewidth=1.8, label="fold mean")
-        ax.set_title(f"{method}\n{dataset}", fontsize=8)
+        ax.set_title(f"{e['method']}\n{e['dataset']}", fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylabel(score, fontsize=8)
-        if not higher and len(curves) > 2:  # keep TSAN's first epochs (100+ y) from flattening the plot
+        ax.set_ylabel(e["score"], fontsize=8)
+        if not SCORES[e["score"]] and len(curves) > 2:  # keep TSAN's first epochs (100+ y) from flattening the plot
             ax.set_ylim(float(np.nanmin(curves.to_numpy())) * 0.9, float(np.nanpercentile(curves.iloc[2:].to_numpy(), 95)) * 1.2)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
@@ -159,9 +216,8 @@ def main(runs_dir: str = "runs", run_name: str = "main-cpu", tolerance: float = 
     fig.savefig(png, dpi=110)
     plt.close(fig)
     lines += ["", f"![validation curves]({png.name})", ""]
-    md = Path(out).with_suffix(".md")
     md.write_text("\n".join(lines))
-    log.info("wrote %s and %s (%d runs)", md, png, len(found))
+    log.info("wrote %s, %s and %s (%d runs found here, %d entries in all)", md, png, store, found, len(entries))
     return md
 
 

@@ -49,3 +49,21 @@ def test_report_reads_folds_and_skips_dead_retries(tmp_path):
 def test_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="main job"):
         vc.main(runs_dir=str(tmp_path), out=str(tmp_path / "x"))
+
+
+def test_entries_of_runs_on_other_machines_are_kept(tmp_path):
+    """A report made where only some runs exist keeps the other entries of <out>.json (a main job
+    spread over machines) and replaces the entries of the runs it finds."""
+    first = tmp_path / "a" / "runs" / "resnet3d" / "ixi_hh" / "main-cpu"
+    _fold(first, 0, [10, 8, 7, 7])
+    out = str(tmp_path / "curves")
+    vc.main(runs_dir=str(tmp_path / "a" / "runs"), out=out)
+    second = tmp_path / "b" / "runs"
+    _fold(second / "midslice_resnet18" / "ds000228" / "main-cpu", 0, [0.4, 0.6, 0.6], column="acc/val")
+    _fold(second / "resnet3d" / "ixi_hh" / "main-cpu", 0, [9, 6, 5])
+    text = vc.main(runs_dir=str(second), out=out).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| resnet3d") or line.startswith("| midslice")]
+    assert len(rows) == 2 and "| 1 | 3 |" in rows[1] and "5.000 (2)" in rows[1], "the new resnet3d run replaced the old"
+    assert "0.600 (1)" in rows[0]
+    (tmp_path / "empty").mkdir()
+    assert vc.main(runs_dir=str(tmp_path / "empty"), out=out).read_text() == text.replace(str(second), str(tmp_path / "empty"))
