@@ -80,6 +80,7 @@ def main(source_method: str = "resnet3d", dataset: str = "ds000228", results_dir
     metrics = classification_metrics(y_true, y_pred, CLASS_NAMES)
     metrics["cutpoints_years"] = list(CUTPOINTS)
     metrics["fold_accuracy"] = [float(np.mean(y_true[g] == y_pred[g])) for g in test.groupby("fold").indices.values()]
+    run_dir.mkdir(parents=True, exist_ok=True)  # absent on a machine that has only the committed predictions
     confusion_matrix_plot(metrics["confusion_matrix"], CLASS_NAMES, run_dir / "confusion_agegroups_oof.png",
                           f"{source_method} brain age -> age group (out-of-fold)")
     method = f"{source_method}_agegroups"

@@ -90,3 +90,7 @@ def test_midslice_and_brain_age_groups_smoke_on_real_ds000228(shared_data, tmp_p
     from_brain_age.main(results_dir=str(results))
     derived = json.loads((results / "resnet3d_agegroups__ds000228.json").read_text())
     assert derived["metrics"]["n"] == 4 and derived["readme_folder"] == "midslice_classifier"
+    shutil.rmtree(Path(fold0).parent)  # another machine: the committed predictions, no run folder
+    from_brain_age.main(results_dir=str(results))
+    again = json.loads((results / "resnet3d_agegroups__ds000228.json").read_text())
+    assert again["metrics"] == derived["metrics"]
