@@ -37,8 +37,13 @@ def _cmd(module: str, args: list[str], runs_dir: Path, run_name: str) -> list[st
             "--publish=False"]
 
 
+def _folds(runs_dir: Path, run_name: str) -> list[Path]:
+    """The ``fold<k>`` folders of a run (not TSAN's ``fold0.dead-seed42``, a dead-output retry's first try)."""
+    return sorted(p for p in runs_dir.glob(f"*/*/{run_name}/fold*") if p.name.removeprefix("fold").isdigit())
+
+
 def _run_dir(runs_dir: Path, run_name: str) -> Path:
-    found = sorted(runs_dir.glob(f"*/*/{run_name}/fold*"))
+    found = _folds(runs_dir, run_name)
     if len(found) != 1:
         raise RuntimeError(f"expected one run folder named {run_name} under {runs_dir}, found {found}")
     return found[0]
@@ -99,7 +104,7 @@ def _kill_after(module: str, args: list[str], runs_dir: Path, env: dict, kill_af
     deadline = time.time() + timeout
     metrics = None
     while time.time() < deadline and proc.poll() is None:
-        found = list(runs_dir.glob("*/*/killed/fold*/metrics.csv"))
+        found = [f / "metrics.csv" for f in _folds(runs_dir, "killed") if (f / "metrics.csv").is_file()]
         if found and found[0].read_text().count("\n") >= kill_after + 1:
             metrics = found[0]
             break

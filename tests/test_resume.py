@@ -37,3 +37,12 @@ def test_check_resume_runs_another_command_of_a_module():
     assert _cmd("tsan.train:train_first_stage", ["--epochs=3"], Path("r"), "full")[2:5] == [
         "tsan.train", "train_first_stage", "--epochs=3"]
     assert _cmd("resnet3d.train", [], Path("r"), "full")[2:4] == ["resnet3d.train", "train"]
+
+
+def test_check_resume_ignores_a_dead_output_retry_folder(tmp_path):
+    """TSAN keeps a dead seed's first try as ``fold0.dead-seed42`` beside ``fold0``; the check compares ``fold0``."""
+    from scripts.check_resume import _run_dir
+
+    for name in ("fold0", "fold0.dead-seed42"):
+        (tmp_path / "tsan_stage1" / "ds000228" / "full" / name).mkdir(parents=True)
+    assert _run_dir(tmp_path, "full").name == "fold0"
