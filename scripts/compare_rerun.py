@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.cli import run as run_cli  # noqa: E402
 from common.metrics import mcnemar_test, paired_difference  # noqa: E402
-from scripts.make_leaderboard import _abs_error, _ci, _f, _keyed, _p, _zero_one, load_results  # noqa: E402
+from scripts.make_leaderboard import _abs_error, _ci, _f, _keyed, _p, _zero_one, load_results, read_predictions  # noqa: E402
 
 
 def _git_show(results_dir: Path, rev: str, relpath: str) -> str | None:
@@ -50,11 +50,6 @@ def _git_show(results_dir: Path, rev: str, relpath: str) -> str | None:
         raise ValueError(f"--rev={rev!r} names no commit of the repository holding {results_dir}")
     shown = git("show", f"{rev}:{prefix.stdout.strip()}{relpath}")
     return shown.stdout if shown.returncode == 0 else None
-
-
-def _table(text: str) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(text), dtype={"participant_id": str, "session_id": str}, keep_default_na=False,
-                       na_values=[""])
 
 
 def compare_row(new_doc: dict, old_doc: dict, new_table: pd.DataFrame, old_table: pd.DataFrame) -> dict:
@@ -129,7 +124,8 @@ def main(rev: str = "HEAD", results_dir: str = "results") -> str:
         if new_text == old_text:
             unchanged.append(name)
             continue
-        s = compare_row(doc, json.loads(old_json), _table(new_text), _table(old_text))
+        s = compare_row(doc, json.loads(old_json), read_predictions(io.StringIO(new_text)),
+                        read_predictions(io.StringIO(old_text)))
         d = s["paired"]
         lead = [doc["method"], doc["dataset"], str(s["n"]), f"{s['commit_before']} → {s['commit_after']}"]
         if doc.get("task") == "classification":

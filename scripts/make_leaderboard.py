@@ -118,12 +118,17 @@ def _tail(d: dict) -> list[str]:
             str(d.get("commit", "?"))[:8]]
 
 
+def read_predictions(source) -> pd.DataFrame:
+    """A per-subject predictions table (a path or a text buffer), IDs kept as text."""
+    return pd.read_csv(source, dtype={"participant_id": str, "session_id": str}, keep_default_na=False, na_values=[""])
+
+
 def _predictions(d: dict, results_dir: Path) -> pd.DataFrame | None:
     """The row's out-of-fold predictions (``results/predictions/...``), or None."""
     path = results_dir / str(d.get("predictions"))
     if not d.get("predictions") or not path.is_file():
         return None
-    return pd.read_csv(path, dtype={"participant_id": str, "session_id": str}, keep_default_na=False, na_values=[""])
+    return read_predictions(path)
 
 
 def _keyed(table: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.cli import run as run_cli  # noqa: E402
-from common.runlog import setup_logging  # noqa: E402
+from common.runlog import run_config, setup_logging  # noqa: E402
 
 log = logging.getLogger("validation_curves")
 
@@ -123,7 +123,7 @@ def summarize(method: str, dataset: str, score: str, curves: pd.DataFrame, times
 
 def _run_commit(run_root: Path) -> str:
     configs = sorted(run_root.glob("fold*/config.json"))
-    return json.loads(configs[0].read_text()).get("git_commit", "?") if configs else "?"
+    return run_config(configs[0].parent).get("git_commit", "?") if configs else "?"
 
 
 def main(runs_dir: str = "runs", run_name: str = "main-cpu", tolerance: float = 0.05,
