@@ -41,7 +41,7 @@ from common.device import autocast_dtype, precision_of_run, select_device
 from common.io import write_csv, write_json
 from common.metrics import BiasCorrection, regression_metrics
 from common.plots import scatter_predicted_vs_age
-from common.runlog import progress, setup_logging
+from common.runlog import fold_dirs, progress, setup_logging
 from common.training import load_checkpoint
 
 log = logging.getLogger("common.predict")
@@ -232,8 +232,7 @@ def model_files(path: Path) -> list[Path]:
     direct = [path / "best.pt", *sorted(path.glob(f"*/{SKLEARN_MODEL}")), path / SKLEARN_MODEL]
     if any(p.is_file() for p in direct):
         return [p for p in direct if p.is_file()]
-    folds = sorted(p for p in path.glob("fold*") if re.fullmatch(r"fold\d+", p.name))  # not fold<k>.stale-*
-    return [f for p in folds for f in [p / "best.pt", *sorted(p.glob(f"*/{SKLEARN_MODEL}"))] if f.is_file()]
+    return [f for p in fold_dirs(path) for f in [p / "best.pt", *sorted(p.glob(f"*/{SKLEARN_MODEL}"))] if f.is_file()]
 
 
 def methods_in(path: str | Path) -> set[str]:

@@ -47,6 +47,13 @@ def run_config(run_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def fold_dirs(run_root: str | Path) -> list[Path]:
+    """The ``fold<k>`` folders of a cross-validated run (``runs/<method>/<dataset>/<run_name>``), sorted by
+    name; folders moved aside beside them (``fold<k>.stale-*`` by :mod:`common.cv`, TSAN's dead-output
+    retry ``fold<k>.dead-seed<s>``) are not folds. Empty when there is none."""
+    return sorted(p for p in Path(run_root).glob("fold*") if p.name.removeprefix("fold").isdigit())
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The last commit that changed the code this process runs (``-dirty`` if tracked code differs),

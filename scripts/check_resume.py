@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from common.cli import run as run_cli
+from common.runlog import fold_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,8 +39,8 @@ def _cmd(module: str, args: list[str], runs_dir: Path, run_name: str) -> list[st
 
 
 def _folds(runs_dir: Path, run_name: str) -> list[Path]:
-    """The ``fold<k>`` folders of a run (not TSAN's ``fold0.dead-seed42``, a dead-output retry's first try)."""
-    return sorted(p for p in runs_dir.glob(f"*/*/{run_name}/fold*") if p.name.removeprefix("fold").isdigit())
+    """The ``fold<k>`` folders of the runs named ``run_name`` (:func:`common.runlog.fold_dirs`)."""
+    return [f for run_root in sorted(runs_dir.glob(f"*/*/{run_name}")) for f in fold_dirs(run_root)]
 
 
 def _run_dir(runs_dir: Path, run_name: str) -> Path:

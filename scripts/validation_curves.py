@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common.cli import run as run_cli  # noqa: E402
-from common.runlog import run_config, setup_logging  # noqa: E402
+from common.runlog import fold_dirs, run_config, setup_logging  # noqa: E402
 
 log = logging.getLogger("validation_curves")
 
@@ -46,8 +46,8 @@ def fold_curves(run_root: Path) -> tuple[str, pd.DataFrame, pd.DataFrame] | None
         ``metrics.csv`` with a validation score.
     """
     curves, times, score = {}, {}, None
-    for path in sorted(run_root.glob("fold*/metrics.csv")):
-        if not path.parent.name.removeprefix("fold").isdigit():  # e.g. TSAN's fold0.dead-seed42
+    for path in (f / "metrics.csv" for f in fold_dirs(run_root)):
+        if not path.is_file():
             continue
         frame = pd.read_csv(path)
         found = next((s for s in SCORES if s in frame.columns), None)
@@ -122,7 +122,7 @@ def summarize(method: str, dataset: str, score: str, curves: pd.DataFrame, times
 
 
 def _run_commit(run_root: Path) -> str:
-    configs = sorted(run_root.glob("fold*/config.json"))
+    configs = [f / "config.json" for f in fold_dirs(run_root) if (f / "config.json").is_file()]
     return run_config(configs[0].parent).get("git_commit", "?") if configs else "?"
 
 
