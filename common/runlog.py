@@ -40,7 +40,7 @@ def run_config(run_dir: str | Path) -> dict:
 
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        folds = sorted(p.name for p in Path(run_dir).glob("fold*") if (p / "config.json").is_file())
+        folds = [p.name for p in fold_dirs(run_dir) if (p / "config.json").is_file()]
         hint = (f"; it is a cross-validated run: pass one of its folds ({', '.join(folds)}), e.g. "
                 f"{Path(run_dir) / folds[0]}" if folds else "")
         raise FileNotFoundError(f"{run_dir} is not a finished run folder (no config.json){hint}")
