@@ -278,23 +278,36 @@ def test_leaky_pool_balances_classes_and_splits_copies_at_image_level():
         augmented_pool(images, labels, 10, seed=1)
 
 
-def test_leaky_emulation_runs_end_to_end_and_is_labelled(tmp_path):
+def test_leaky_emulation_runs_end_to_end_resumes_and_is_labelled(tmp_path):
+    """The leaky run is labelled as such; an interrupted one continues from last.pt with --resume (never
+    silently restarted), and a run folder whose image pool other settings made is refused."""
     from alz_cnn import train as alz
 
     _write_folder(tmp_path / "data" / "alzheimer4", per_class=8)
-    metrics = alz.leaky(profile="cpu", n_images=64, epochs=1, data_root=str(tmp_path / "data"), run_name="l",
-                        runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
-                        cache_dir=str(tmp_path / "cache"), device="cpu")
+    kw = dict(profile="cpu", data_root=str(tmp_path / "data"), run_name="l", runs_dir=str(tmp_path / "runs"),
+              results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"), device="cpu")
+    alz.leaky(n_images=64, epochs=1, publish=False, **kw)
+    with pytest.raises(FileExistsError, match="--resume=True"):
+        alz.leaky(n_images=64, epochs=2, **kw)
+    with pytest.raises(ValueError, match="not the image pool"):
+        alz.leaky(n_images=72, epochs=2, resume=True, **kw)
+    metrics = alz.leaky(n_images=64, epochs=2, resume=True, **kw)
+    run = tmp_path / "runs" / "alz_altzcnn_leaky_emulation" / "alzheimer4" / "l"
+    assert sorted(pd.read_csv(run / "metrics.csv")["epoch"].dropna().unique()) == [0, 1]
     doc = json.loads((tmp_path / "results" / "alz_altzcnn_leaky_emulation__alzheimer4.json").read_text())
     assert doc["metrics"]["n"] == 64 - round(0.7 * 64) - round(0.15 * 64)
     assert "LEAKY" in doc["notes"][0] and "leaky" in doc["method_label"]
+    best = doc["parameters"]["best_epoch"] + 1
+    assert doc["parameters"]["tested"] == "best" and f"best validation accuracy tested (epoch {best})" in doc["notes"][2]
     assert 0 <= metrics["test_images_with_original_in_train"] <= 1 and doc["subject_split"] is False
-    pool = pd.read_csv(tmp_path / "runs" / "alz_altzcnn_leaky_emulation" / "alzheimer4" / "l" / "pool.csv")
+    pool = pd.read_csv(run / "pool.csv")
     assert len(pool) == 64 and pool["image"].str.contains("#copy").any()
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- comparison:start -->\n<!-- comparison:end -->\n")
     alz.summarize(results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "fig"), readme=str(readme))
-    assert "The source's protocol, emulated (leaky; not a generalisation result)" in readme.read_text()
+    text = readme.read_text()
+    assert "The source's protocol, emulated (leaky; not a generalisation result)" in text
+    assert f"epoch {best}, the best on validation, tested" in text
 
 
 def test_class_weights_are_inverse_frequency_and_need_every_class():
