@@ -202,6 +202,18 @@ def _bands(m: dict) -> str:
     return ", ".join(f"{k}: {_f(v['mae'], 1)} (n={v['n']})" for k, v in m.get("mae_by_age", {}).items()) or "–"
 
 
+def correction_label(correction: dict) -> str:
+    """The formula of a row's bias correction. A fold whose fitted Cole slope is ~0 falls back to the
+    identity (:meth:`common.metrics.BiasCorrection.fit`), so the folds of one row can differ; then the
+    label says how many folds used each formula, e.g. ``cole in 3 of 5 folds, identity in 2``."""
+    per_fold = [f.get("formula", "cole") for f in correction.get("per_fold") or []]
+    if len(set(per_fold)) <= 1:
+        return correction.get("formula") or (per_fold[0] if per_fold else "?")
+    counts = pd.Series(per_fold).value_counts()
+    first, *rest = counts.items()
+    return f"{first[0]} in {first[1]} of {len(per_fold)} folds, " + ", ".join(f"{f} in {n}" for f, n in rest)
+
+
 def brain_age_section(dataset: str, docs: list[dict], results_dir: Path) -> list[str]:
     """Ranked table, per-row detail and the paired comparisons of one dataset's brain-age rows."""
     docs = sorted(docs, key=lambda d: d["metrics"]["raw"]["mae"])
@@ -218,7 +230,7 @@ def brain_age_section(dataset: str, docs: list[dict], results_dir: Path) -> list
         best = rank[d["method"]] == 1
         label = f"**{d.get('method_label', d['method'])}**" if best else d.get("method_label", d["method"])
         val = m.get("correction_on_validation", {})
-        formula = (m.get("bias_correction") or {}).get("formula", "?")
+        formula = correction_label(m.get("bias_correction") or {})
         rows.append([_rank(rank[d["method"]]), label, _profile(d), _preprocessing(d), _subjects(d),
                      f"{_f(raw['mae'])}{_ci(raw.get('mae_ci95'))}",
                      f"{_f(m.get('fold_mae_mean'))} ± {_f(m.get('fold_mae_sd'))}",

@@ -149,3 +149,14 @@ def test_compare_rerun_pairs_a_changed_row_with_its_committed_version(tmp_path):
     assert "Unchanged: beta on ixi_hh." in text and "gamma on ixi_hh" in text.split("New since HEAD")[1]
     with pytest.raises(ValueError, match="no-such-rev"):
         compare_rerun.main(rev="no-such-rev", results_dir=str(results))
+
+
+def test_correction_label_says_when_folds_used_different_formulas():
+    """A Cole fit with slope ~0 falls back to the identity in that fold only; the row's label must not name
+    fold 0's formula for all five (an OASIS row said "identity" while three folds inverted Cole's fit)."""
+    from scripts.make_leaderboard import correction_label
+
+    folds = [{"formula": f} for f in ("identity", "cole", "identity", "cole", "cole")]
+    assert correction_label({"formula": "identity", "per_fold": folds}) == "cole in 3 of 5 folds, identity in 2"
+    assert correction_label({"formula": "gap_on_age", "per_fold": [{"formula": "gap_on_age"}] * 5}) == "gap_on_age"
+    assert correction_label({"formula": "cole"}) == "cole" and correction_label({}) == "?"
