@@ -510,7 +510,7 @@ def leaky(profile: str | None = None, dataset: str = DATASET, data_root: str | N
                     FitConfig(epochs=int(hp["epochs"]), seed=seed), run_dir, logger, meta, resume=resume,
                     selection=VAL_ACCURACY)
     logger.close()
-    ckpt = load_checkpoint(run_dir / f"{hp['tested']}.pt", LEAKY_METHOD)  # the source tests the last epoch
+    ckpt = load_checkpoint(run_dir / f"{hp['tested']}.pt", LEAKY_METHOD)  # paper: the last, as the source; cpu: best validation
     net.load_state_dict(ckpt["model_state"])
     idx, targets, logits = predict(net, DataLoader(AlzheimerSlices(pool, labels, rows["test"]), batch_size=256), dev)
     tested = table.iloc[rows["test"][idx]]
