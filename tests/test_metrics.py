@@ -71,6 +71,21 @@ def test_bias_correction_refuses_test_data_and_degenerate_input():
     assert flat.slope == 1.0 and "identity" in flat.method
 
 
+def test_cole_inversion_is_kept_only_when_it_helps_on_leave_one_out_validation():
+    """A nearly constant predictor (OASIS ResBlock on IXI-HH: slope 0.002-0.003 on 19 validation
+    subjects) was inverted, 15 y raw -> 24 y corrected; a shrunk but informative one is corrected."""
+    rng = np.random.default_rng(1)
+    age = rng.uniform(20, 80, 19)
+    weak = 49.0 + 0.003 * age + rng.normal(0, 0.05, 19)
+    gated = BiasCorrection.fit(age, weak)
+    assert gated.formula == "identity" and "leave-one-out" in gated.method
+    assert np.array_equal(gated.apply(weak), weak)
+    shrunk = 0.6 * age + 20 + rng.normal(0, 2, 19)
+    kept = BiasCorrection.fit(age, shrunk)
+    assert kept.formula == "cole" and kept.slope == pytest.approx(0.6, abs=0.1)
+    assert np.mean(np.abs(kept.apply(shrunk) - age)) < np.mean(np.abs(shrunk - age))
+
+
 def test_report_never_uses_test_rows_for_the_correction(tmp_path):
     rng = np.random.default_rng(0)
     n = 40
