@@ -293,7 +293,8 @@ def train(model: str = "altzcnn", profile: str | None = None, dataset: str = DAT
              "best_epoch": fit["best_epoch"], f"best_{selection.name.replace('/', '_')}": fit["best_val"],
              "checkpoint_tested": hp["checkpoint"]}
     write_json(run_dir / "usage.json", usage)
-    evaluate(str(run_dir), publish=publish, device=device, _state=(frame, class_names, images, t0))
+    evaluate(str(run_dir), publish=publish, device=device,
+             _state=(frame, class_names, images, t0 - fit["seconds_before_resume"]))
     return str(run_dir)
 
 
@@ -540,7 +541,8 @@ def leaky(profile: str | None = None, dataset: str = DATASET, data_root: str | N
                              "dataset": "44,000-image augmented version, 70/15/15 image-level random split"},
             n_subjects={s: int(counts.get(s, 0)) for s in ("train", "val", "test")} | {"unit": "images"},
             parameters={**source, **hp, "seed": seed, "best_epoch": fit["best_epoch"]},
-            n_parameters=count_parameters(net), wall_time_s=time.time() - t0, environment=environment_info(dev),
+            n_parameters=count_parameters(net), wall_time_s=time.time() - t0 + fit["seconds_before_resume"],
+            environment=environment_info(dev),
             commit=git_commit(), run_dir=run_dir, notes=notes, subject_split=False, readme_folder="alz_cnn")
         log.info("wrote %s", path)
     return metrics

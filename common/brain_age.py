@@ -199,7 +199,8 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     optimizer, scheduler, loss and augmentation (it may use training-split statistics only).
 
     Returns:
-        ``(run_dir, frame, fit, t_start)`` with ``frame`` the usable rows of all splits.
+        ``(run_dir, frame, fit, t_start)`` with ``frame`` the usable rows of all splits and ``t_start``
+        the ``time.time()`` of the start, moved back by the training seconds a resumed run had kept.
 
     Raises:
         FileExistsError: the run folder holds a run and ``resume`` is False.
@@ -270,7 +271,7 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
                     metric=selection.name, loss_label=_loss_label(setup.loss_fn), best_epoch=fit["best_epoch"])
     log.info("training done: best %s %.3f at epoch %d (%.0f s)", selection.name, fit["best_val"], fit["best_epoch"],
              fit["train_seconds"])
-    return run_dir, frame, fit, t_start
+    return run_dir, frame, fit, t_start - fit["seconds_before_resume"]
 
 
 def evaluate_brain_age(run_dir: str | Path, method: str, model_from_checkpoint: Callable[[dict], nn.Module],

@@ -504,7 +504,9 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
     validation pass with non-finite predictions never counts as an improvement.
 
     Returns:
-        ``{"best_epoch", "best_val", "selection", "epochs_run", "train_seconds", "nonfinite_steps"}``.
+        ``{"best_epoch", "best_val", "selection", "epochs_run", "train_seconds", "seconds_before_resume",
+        "nonfinite_steps"}``: ``train_seconds`` counts the epochs of an interrupted run that ``last.pt``
+        kept (``seconds_before_resume``) plus this call's.
 
     A bf16 run first checks its layers' autocast gradients against fp32 (:func:`check_autocast_kernels`).
 
@@ -516,6 +518,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
     run_dir = Path(run_dir)
     scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and cfg.amp_dtype == torch.float16) else None
     start_epoch, best_score, best_epoch, stale, resumed_nonfinite = 0, selection.worst, -1, 0, 0
+    before = 0.0  # training seconds of the epochs kept in last.pt, when resuming
     if resume and (run_dir / "last.pt").exists():
         ckpt = load_checkpoint(run_dir / "last.pt", checkpoint_meta.get("method"))
         model.load_state_dict(ckpt["model_state"])
@@ -527,6 +530,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
         start_epoch = ckpt["epoch"] + 1
         best_score, best_epoch, stale = ckpt["best_val"], ckpt["best_epoch"], ckpt["stale_epochs"]
         resumed_nonfinite = int(ckpt.get("nonfinite_steps", 0))
+        before = float(ckpt.get("train_seconds", 0.0))
         log.info("resumed from %s at epoch %d (best %s %.4f at epoch %d)", run_dir / "last.pt",
                  start_epoch, selection.name, best_score, best_epoch)
     if resume:  # drop metrics rows of epochs that have no checkpoint (killed after logging, before saving)
@@ -584,7 +588,7 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
                                  "opt/lr": lr, "opt/max_grad_norm": tr["max_grad_norm"],
                                  "train/nonfinite_steps": tr["nonfinite_steps"],
                                  "acc/train" if selection.mode == "max" else "mae/train": tr["train_metric"],
-                                 "time/elapsed_s": time.time() - t0,
+                                 "time/elapsed_s": before + time.time() - t0,
                                  # where an epoch's time goes (the rest, up to the next epoch: checkpoints)
                                  "time/steps_s": t_steps - t_epoch, "time/precise_bn_s": t_bn - t_steps,
                                  "time/validation_s": t_val - t_bn})
@@ -592,13 +596,13 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
         if main:
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, %s %.3f (best %.3f at epoch %d), lr %.2e, %.0f s%s",
                      epoch + 1, cfg.epochs, tr["loss"], val_loss, selection.name, score, best_score, best_epoch, lr,
-                     time.time() - t0, f", {tr['nonfinite_steps']} steps skipped" if tr["nonfinite_steps"] else "")
+                     before + time.time() - t0, f", {tr['nonfinite_steps']} steps skipped" if tr["nonfinite_steps"] else "")
         state = {
             **checkpoint_meta, "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
             "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
             "scaler_state": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch, "best_val": best_score, "best_epoch": best_epoch, "stale_epochs": stale,
-            "nonfinite_steps": guard.total,
+            "nonfinite_steps": guard.total, "train_seconds": before + time.time() - t0,
         }
         if improved and main:
             best = {k: v for k, v in state.items() if k not in ("optimizer_state", "scheduler_state", "scaler_state")}
@@ -617,4 +621,4 @@ def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, los
     if best_epoch < 0 and epoch >= start_epoch:
         raise NonFiniteTrainingError(f"no epoch of {run_dir} gave finite validation predictions; no best.pt was written")
     return {"best_epoch": best_epoch, "best_val": best_score, "selection": selection.name, "epochs_run": epoch + 1,
-            "train_seconds": time.time() - t0, "nonfinite_steps": guard.total}
+            "train_seconds": before + time.time() - t0, "seconds_before_resume": before, "nonfinite_steps": guard.total}

@@ -220,7 +220,7 @@ def train(profile: str | None = None, dataset: str = "ds000228", weights: str = 
     logger.close()
     training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png", f"{method} ({profile})",
                     metric="acc/val", loss_label="cross-entropy (nats)", best_epoch=fit["best_epoch"])
-    evaluate(str(run_dir), publish=publish, _state=(frame, images, hp, fit, t0))
+    evaluate(str(run_dir), publish=publish, _state=(frame, images, hp, fit, t0 - fit["seconds_before_resume"]))
     return str(run_dir)
 
 

@@ -108,6 +108,19 @@ def test_resume_drops_metrics_rows_without_checkpoint(tmp_path):
     assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [0, 1, 2, 3]
 
 
+def test_a_resumed_run_counts_the_training_time_of_the_epochs_it_kept(tmp_path):
+    """A run resumed after 2 of 4 epochs reports the time of all 4 (a resumed leaky emulation
+    published 937 s, the time after its restart, of about 3000 s)."""
+    frame = _frame(tmp_path)
+    first, _, run_dir = _fit(tmp_path, frame, "timed", epochs=2)
+    kept = float(load_checkpoint(run_dir / "last.pt", "tiny")["train_seconds"])
+    assert first["seconds_before_resume"] == 0 and 0 < kept <= first["train_seconds"]
+    second, _, _ = _fit(tmp_path, frame, "timed", epochs=4, resume=True)
+    assert second["seconds_before_resume"] == pytest.approx(kept) and second["train_seconds"] > kept
+    elapsed = pd.read_csv(run_dir / "metrics.csv")["time/elapsed_s"].to_numpy()
+    assert len(elapsed) == 4 and (np.diff(elapsed) > 0).all(), "elapsed time carries on across the restart"
+
+
 class DeadRegressor(TinyRegressor):
     """A final ReLU whose input is negative for everyone: the output is 0, and no gradient flows."""
 
