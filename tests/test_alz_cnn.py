@@ -4,6 +4,7 @@ near-duplicate finder and a tiny end-to-end run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -195,11 +196,16 @@ def test_tiny_end_to_end_run(tmp_path):
     preds = pd.read_csv(Path(run_dir) / "predictions_test.csv")
     assert preds["image"].str.startswith("test/").all() and len(preds) == 8
     readme = tmp_path / "README.md"
-    readme.write_text("x\n<!-- comparison:start -->\n<!-- comparison:end -->\n")
+    blocks = "x\n<!-- comparison:start -->\n<!-- comparison:end -->\n<!-- near-duplicates:start -->\nkept\n<!-- near-duplicates:end -->\n"
+    readme.write_text(blocks)
     alz.summarize(results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "fig"), readme=str(readme))
     text = readme.read_text()
-    assert "| AltzCNN | cpu: 64 px, 1 ep | 6,012,164 | 22.93 |" in text
+    assert "| AltzCNN | cpu: 64 px, 1 ep | 6,012,164 | 22.93 |" in text and "Near-duplicates: " in text
     assert (tmp_path / "fig" / "confusion_altzcnn.png").exists() and (tmp_path / "fig" / "near_duplicates.png").exists()
+    shutil.rmtree(run_dir)  # a checkout without the runs: the near-duplicate paragraph is kept as it was
+    readme.write_text(blocks)
+    alz.summarize(results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "fig"), readme=str(readme))
+    assert "| AltzCNN | cpu: 64 px, 1 ep |" in readme.read_text() and "\nkept\n" in readme.read_text()
 
 
 def test_paper_profile_is_the_notebook():
