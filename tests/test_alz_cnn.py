@@ -196,7 +196,8 @@ def test_tiny_end_to_end_run(tmp_path):
     preds = pd.read_csv(Path(run_dir) / "predictions_test.csv")
     assert preds["image"].str.startswith("test/").all() and len(preds) == 8
     readme = tmp_path / "README.md"
-    blocks = "x\n<!-- comparison:start -->\n<!-- comparison:end -->\n<!-- near-duplicates:start -->\nkept\n<!-- near-duplicates:end -->\n"
+    blocks = ("x\n<!-- comparison:start -->\n<!-- comparison:end -->\n"
+              "<!-- near-duplicates:start -->\nkept\n<!-- near-duplicates:end -->\n")
     readme.write_text(blocks)
     alz.summarize(results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "fig"), readme=str(readme))
     text = readme.read_text()
