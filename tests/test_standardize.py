@@ -53,6 +53,8 @@ def test_preprocessed_brain_is_invariant_to_acquisition(native, variant):
     varied = standardize_brain(*standard_variants(mask)[variant](data, affine))
     corr, dice = _compare(reference, varied)
     assert corr >= MIN_CORRELATION and dice >= MIN_DICE, f"{variant}: correlation {corr:.3f}, Dice {dice:.3f}"
+    if variant == "reoriented_int16_origin40mm":  # the same voxels: only rounding may differ (0.9916 before RAS order)
+        assert corr >= 0.999 and dice >= 0.995, f"header-only change: correlation {corr:.4f}, Dice {dice:.4f}"
     stripped = varied.qc["extracerebral_signal"] < SKULL_STRIPPED_BELOW  # predict warns on such a scan
     assert stripped == (variant == "skull_stripped"), f"{variant}: extracerebral signal {varied.qc['extracerebral_signal']}"
 

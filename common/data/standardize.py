@@ -1,7 +1,9 @@
 """The shared brain-age preprocessing: the same brain gives the same array however it was acquired.
 
 Steps, each from a well-kept tool, on the scan's own grid, coarsened to 2 mm where it is finer (the
-output grid is 2 mm; :func:`to_working_resolution`):
+output grid is 2 mm; :func:`to_working_resolution`), after the voxel axes are put in RAS order
+(nibabel's ``as_closest_canonical``: a header-only change of voxel order then gives the same array to
+every step; on IXI012 the 4 mm brain correlated 0.9916 with the native scan's without it, 1.0000 with it):
 
 1. **Brain extraction** with deepbet (Fisch et al., "deepbet: Fast brain extraction of T1-weighted MRI
    using Convolutional Neural Networks", Comput. Biol. Med. 2024; its wheel ships the weights). Chosen
@@ -39,8 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Bump when :func:`standardize_brain` changes its output for the same input. 2: the registration is
 #: reproducible (version 1 entries came from an unseeded, multi-threaded ANTs run: no two alike). 3: deepbet
-#: runs without oneDNN (:func:`common.device.apply_onednn_policy`).
-STANDARD_VERSION = 3
+#: runs without oneDNN (:func:`common.device.apply_onednn_policy`). 4: voxel axes in RAS order first
+#: (:func:`to_canonical`; IXI-HH is stored PSR).
+STANDARD_VERSION = 4
 #: Brain volumes outside this range (ml) are not a brain extraction but a failure of it.
 BRAIN_VOLUME_ML = (400.0, 2500.0)
 #: A registered brain whose mask overlaps the template brain mask less than this (Dice) failed.
@@ -81,6 +84,15 @@ def resample_to_voxel_size(data: np.ndarray, affine: np.ndarray, voxel_mm: np.nd
     new_affine[:3, 3] = centre[:3] - new_affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
     out = resample_from_to(nib.Nifti1Image(smooth, affine), (shape, new_affine), order=1)
     return np.asarray(out.dataobj, np.float32), new_affine
+
+
+def to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same scan with its voxel axes flipped and permuted to the closest RAS order
+    (``nibabel.as_closest_canonical``; no interpolation, the affine updated to match)."""
+    import nibabel as nib
+
+    image = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(data, np.float32), np.asarray(affine, float)))
+    return np.asarray(image.dataobj, np.float32), image.affine
 
 
 def to_working_resolution(data: np.ndarray, affine: np.ndarray, voxel_mm: float = WORKING_MM) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +229,7 @@ def standardize_brain(data: np.ndarray, affine: np.ndarray, transform: str = "Af
 
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}; choose from {TRANSFORMS}")
-    data, affine = to_working_resolution(data, affine)
+    data, affine = to_working_resolution(*to_canonical(data, affine))
     mask = extract_brain(data, affine)
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     volume_ml = float(mask.sum()) * voxel_ml
