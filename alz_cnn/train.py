@@ -518,9 +518,10 @@ def leaky(profile: str | None = None, dataset: str = DATASET, data_root: str | N
     label = "AltzCNN, leaky protocol emulation"
     metrics = report_classification(tested["image"], targets, logits, class_names, run_dir, label, id_column="image")
     unseen = ~tested["original_in_train"].to_numpy()
-    metrics["original_not_in_train"] = (
-        {k: v for k, v in classification_metrics(targets[unseen], logits[unseen].argmax(1), class_names).items()
-         if k in ("accuracy", "accuracy_ci95", "balanced_accuracy", "n")} if unseen.any() else {"n": 0})
+    for key, rows_of in (("original_not_in_train", unseen), ("original_in_train", ~unseen)):
+        metrics[key] = (
+            {k: v for k, v in classification_metrics(targets[rows_of], logits[rows_of].argmax(1), class_names).items()
+             if k in ("accuracy", "accuracy_ci95", "balanced_accuracy", "n")} if rows_of.any() else {"n": 0})
     metrics["test_images_with_original_in_train"] = float(1 - unseen.mean())
     write_json(run_dir / "metrics_test.json", metrics)
     log.info("leaky emulation: test accuracy %.4f; %.1f%% of the test images have their original or a copy of it in "
@@ -620,7 +621,7 @@ def _leaky_summary(path: Path) -> str:
         return ""
     doc = json.loads(path.read_text())
     m, p, n = doc["metrics"], doc["parameters"], doc["n_subjects"]
-    unseen = m.get("original_not_in_train", {})
+    unseen, seen = m.get("original_not_in_train", {}), m.get("original_in_train", {})
     tested = ("the last tested" if p.get("tested", "last") == "last"
               else f"epoch {p['best_epoch'] + 1}, the best on validation, tested")
     return ("\n\n**The source's protocol, emulated (leaky; not a generalisation result).** AltzCNN on "
@@ -628,7 +629,9 @@ def _leaky_summary(path: Path) -> str:
             f"{p['epochs']} epochs, {tested}), split at image level 70/15/15: test accuracy "
             f"{_fmt_ci(m['accuracy'], m['accuracy_ci95'])}, balanced {_num(m['balanced_accuracy'], '.3f')}, on "
             f"{n['test']:,} test images of which {100 * m['test_images_with_original_in_train']:.1f}% have their original "
-            f"or a copy of it in training; on the other {unseen.get('n', 0)}: accuracy {_num(unseen.get('accuracy'), '.3f')}. "
+            f"or a copy of it in training"
+            + (f" (accuracy on them {_num(seen['accuracy'], '.3f')})" if seen.get("n") else "")
+            + f"; on the other {unseen.get('n', 0)}: accuracy {_num(unseen.get('accuracy'), '.3f')}. "
             f"The source reports {MODELS['altzcnn'].source_accuracy:.4f} under this protocol (alz_cnn/leaky.py).")
 
 

@@ -318,13 +318,15 @@ def classification_section(dataset: str, docs: list[dict], results_dir: Path) ->
                 "training and the test split (the source's image-level split of an augmented set); the number measures "
                 "recall of seen slices. Compare it with the honest rows above, not with a method.", "",
                 _table(["method", "profile", "test images", "accuracy [95% CI]", "balanced accuracy",
-                        "test images whose original is in training", "accuracy on the others", "source reported",
+                        "test images whose original is in training", "accuracy on them", "accuracy on the others",
+                        "source reported",
                         "commit"],
                        [[d.get("method_label", d["method"]) + (" ⚠ collapsed (one class)" if _collapsed(d["metrics"]) else ""),
                          _profile(d), str(d["n_subjects"].get("test", "–")),
                          f"{_f(d['metrics']['accuracy'], 3)}{_ci3(d['metrics'].get('accuracy_ci95'))}",
                          _f(d["metrics"]["balanced_accuracy"], 3),
                          _f(d["metrics"].get("test_images_with_original_in_train"), 3),
+                         _f(d["metrics"].get("original_in_train", {}).get("accuracy"), 3),
                          _f(d["metrics"].get("original_not_in_train", {}).get("accuracy"), 3),
                          _reported(d.get("source_reported")), str(d.get("commit", "?"))[:8]] for d in leaky])]
     return out

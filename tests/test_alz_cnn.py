@@ -307,6 +307,7 @@ def test_leaky_emulation_runs_end_to_end_resumes_and_is_labelled(tmp_path):
     best = doc["parameters"]["best_epoch"] + 1
     assert doc["parameters"]["tested"] == "best" and f"best validation accuracy tested (epoch {best})" in doc["notes"][2]
     assert 0 <= metrics["test_images_with_original_in_train"] <= 1 and doc["subject_split"] is False
+    assert metrics["original_in_train"]["n"] + metrics["original_not_in_train"]["n"] == metrics["n"]
     pool = pd.read_csv(run / "pool.csv")
     assert len(pool) == 64 and pool["image"].str.contains("#copy").any()
     readme = tmp_path / "README.md"
