@@ -104,6 +104,8 @@ def test_permuted_ages_row_permutes_training_and_validation_ages_only(tmp_path, 
     assert set(used["split"]) == {"train", "val"}
     for _, rows in used.groupby("split"):  # a permutation within each split
         assert sorted(rows["age_used"]) == sorted(rows["age_true"]) and (rows["age_used"] != rows["age_true"]).any()
+    train_rows = used[used["split"] == "train"]
+    assert abs(np.corrcoef(train_rows["age_true"], train_rows["age_used"])[0, 1]) <= 0.05, "no age left in the labels"
     validated = pd.read_csv(run / "predictions_val.csv").set_index("participant_id")["age"]
     val_used = used[used["split"] == "val"].set_index("participant_id")["age_used"]
     assert (validated.loc[val_used.index].to_numpy() == val_used.to_numpy()).all(), "epoch choice saw permuted ages"
@@ -114,3 +116,18 @@ def test_permuted_ages_row_permutes_training_and_validation_ages_only(tmp_path, 
     assert json.loads((run / "config.json").read_text())["permute_train_ages"] is True
     again = Path(train(**TINY, **_dirs(tmp_path), run_name="q", fold=0, permuted_ages=True, publish=False))
     pd.testing.assert_frame_equal(used, pd.read_csv(again / "training_ages.csv"))
+
+
+def test_decorrelated_permutation_leaves_no_chance_correlation_with_age():
+    """A plain permutation of 110 ages correlates with them by chance (an IXI-HH fold: +0.17, and its
+    permuted-age model then predicted test ages with r 0.69); the leakage check's does not."""
+    from common.brain_age import decorrelated_permutation
+
+    age = np.random.default_rng(0).uniform(20, 86, 110)
+    plain = [abs(np.corrcoef(age, np.random.default_rng(s).permutation(age))[0, 1]) for s in range(200)]
+    assert max(plain) > 0.15, "plain permutations do leave correlations of this size"
+    for seed in range(20):
+        drawn = decorrelated_permutation(age, np.random.default_rng(seed))
+        assert sorted(drawn) == sorted(age) and abs(np.corrcoef(age, drawn)[0, 1]) <= 0.05
+    three = decorrelated_permutation(np.array([10.0, 20.0, 30.0]), np.random.default_rng(0))
+    assert sorted(three) == [10.0, 20.0, 30.0] and abs(np.corrcoef([10, 20, 30], three)[0, 1]) <= 0.5 + 1e-9
