@@ -225,8 +225,9 @@ def train_brain_age(*, method: str, dataset: str, profile: str, hp: dict, spec: 
     (TSAN's out-of-fold stage 2); batches carry every column named in the model's ``extra_inputs``.
     ``stop_if_constant``: :attr:`common.training.FitConfig.stop_if_constant`.
     ``permute_train_ages`` (the leakage check): the training rows' ages are shuffled among them, and
-    the validation rows' among them, with ``seed`` before training (:func:`decorrelated_permutation`), so neither the fit nor the epoch
-    choice nor the bias correction sees a true age (test keeps its true ages); the run folder's
+    the validation rows' among them, with ``seed`` before training (:func:`decorrelated_permutation`),
+    so neither the fit nor the epoch choice nor the bias correction sees a true age (test keeps its
+    true ages); the run folder's
     ``training_ages.csv`` lists the split, true and used age of each of those rows.
     ``build(train_frame)`` returns the method's model,
     optimizer, scheduler, loss and augmentation (it may use training-split statistics only).
