@@ -111,6 +111,29 @@ def test_svr_fusions_use_training_rows_only():
         fit_late_fusion(feats[:-1] + [feats[-1][:2]], ages, train, C=1, epsilon=0.1)
 
 
+def test_early_fusion_holds_a_held_out_feature_inside_its_training_range():
+    """A feature all but constant in training (one subject's tiny value) that a held-out scan lights up
+    gave -1,043 years through the source's StandardScaler + SVR; the training fit must stay the source's."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+
+    rng = np.random.default_rng(1)
+    n, f = 40, 8
+    ages = rng.uniform(20, 80, n)
+    x = rng.standard_normal((n, f)) + ages[:, None] / 20
+    x[:, 0] = 0.0
+    x[3, 0] = 1e-8  # one training subject, a rounding-level value: training SD ~1.6e-9
+    train = np.arange(n) < 30
+    x[35, 0] = 1e-3  # a held-out scan lights the feature up: 600,000 training SDs
+    feats = [row[None, :] for row in x]  # one triplet position per subject
+    guarded, _ = fit_early_fusion(feats, ages, train, C=98, epsilon=0.064)
+    source = make_pipeline(StandardScaler(), SVR(kernel="linear", C=98, epsilon=0.064)).fit(x[train], ages[train])
+    np.testing.assert_allclose(guarded[train], source.predict(x[train]), atol=1e-3)
+    assert abs(source.predict(x[35:36])[0] - ages[35]) > 100, "the trap this guards against"
+    assert abs(guarded[35] - ages[35]) < 30
+
+
 def test_random_init_vgg16_is_seeded():
     a, b, c = VGG16Features("none", seed=0), VGG16Features("none", seed=0), VGG16Features("none", seed=1)
     assert torch.equal(a.features[0].weight, b.features[0].weight), "same seed, same random weights"
