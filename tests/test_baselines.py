@@ -121,11 +121,11 @@ def test_early_fusion_holds_a_held_out_feature_inside_its_training_range():
     rng = np.random.default_rng(1)
     n, f = 40, 8
     ages = rng.uniform(20, 80, n)
-    x = rng.standard_normal((n, f)) + ages[:, None] / 20
+    x = (rng.standard_normal((n, f)) + ages[:, None] / 20).astype(np.float32)  # cached features are float32
     x[:, 0] = 0.0
-    x[3, 0] = 1e-8  # one training subject, a rounding-level value: training SD ~1.6e-9
+    x[3, 0] = 4e-8  # one training subject, a rounding-level value: training SD ~7e-9
     train = np.arange(n) < 30
-    x[35, 0] = 1e-3  # a held-out scan lights the feature up: 600,000 training SDs
+    x[35, 0] = 1e-3  # a held-out scan lights the feature up: 150,000 training SDs
     feats = [row[None, :] for row in x]  # one triplet position per subject
     guarded, _ = fit_early_fusion(feats, ages, train, C=98, epsilon=0.064)
     source = make_pipeline(StandardScaler(), SVR(kernel="linear", C=98, epsilon=0.064)).fit(x[train], ages[train])

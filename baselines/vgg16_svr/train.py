@@ -56,6 +56,13 @@ PROFILES = {
 PROFILES["cpu"] = dict(PROFILES["paper"], slicing="mni_axial", keep_triplets=6)
 
 
+def _subject_features(features: list[np.ndarray]) -> np.ndarray:
+    """Early fusion's input: the mean triplet feature per subject, (N, F) float64. In float32, scikit-learn's
+    ``MinMaxScaler`` takes a training range below 10 float32 epsilons (1.2e-6) for a constant and does not
+    scale or clip that feature, the very case the clip is there for."""
+    return np.stack([f.mean(0) for f in features]).astype(np.float64)
+
+
 def fit_early_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.ndarray, C: float, epsilon: float):
     """Mean triplet feature per subject -> StandardScaler + linear SVR fitted on ``train`` rows (the
     source's), behind a ``MinMaxScaler(clip=True)`` that holds every held-out feature inside its training
@@ -74,7 +81,7 @@ def fit_early_fusion(features: list[np.ndarray], ages: np.ndarray, train: np.nda
     Returns:
         ``(predictions (N,), fitted pipeline)``.
     """
-    x = np.stack([f.mean(0) for f in features])
+    x = _subject_features(features)
     model = make_pipeline(MinMaxScaler(clip=True), StandardScaler(), SVR(kernel="linear", C=C, epsilon=epsilon))
     model.fit(x[train], ages[train])
     return predict_fitted("early", model, features), model
@@ -104,7 +111,7 @@ def predict_fitted(fusion: str, model, features: list[np.ndarray]) -> np.ndarray
         ValueError: late fusion with a subject whose number of triplet positions differs from the models'.
     """
     if fusion == "early":
-        return model.predict(np.stack([f.mean(0) for f in features]))
+        return model.predict(_subject_features(features))
     if any(len(f) != len(model) for f in features):
         raise ValueError(f"late fusion has {len(model)} position models; a subject has {sorted({len(f) for f in features})}")
     stacked = np.stack(features)
