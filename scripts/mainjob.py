@@ -3,6 +3,8 @@
     python scripts/mainjob.py eta resnet3d ixi_hh     # seconds the last run took (from results/), or "?"
     python scripts/mainjob.py report results/mainjob_steps.tsv results/BENCHMARKS.md
                                                      # the main job's measured wall time, split per step
+    python scripts/mainjob.py methods                # the main job's methods, in the order it runs them
+    python scripts/mainjob.py datasets tsan          # the datasets the main job runs a method on
 
 Kept free of heavy imports so that the main job can ask it before every step.
 """
@@ -21,6 +23,21 @@ MAINJOB_METHODS = {
     "tsan": ("tsan_stage1__", "tsan_stage2__"),  # the non-default stage-2 variants are not in the main job
     "midslice_from_alz": ("midslice_resnet18_from_alz_resnet18__",),
 }
+
+#: The main job's methods, in the order it runs them, and the datasets each runs on: the whole job
+#: is every (method, dataset) pair here. ``scripts/reproduce.sh`` reads it; the report names the pairs
+#: that no invocation of the commit has finished.
+MAINJOB_DATASETS = {
+    "reference": ("ixi_hh", "ds000228"), "resnet3d": ("ixi_hh", "ds000228"), "resnet3d_permuted_ages": ("ixi_hh",),
+    "oasis_resblock": ("ixi_hh", "ds000228"), "vgg16_svr": ("ixi_hh", "ds000228"), "tsan": ("ixi_hh", "ds000228"),
+    "midslice_classifier": ("ds000228",), "alz_cnn": ("alzheimer4",), "midslice_from_alz": ("ds000228",),
+}
+
+
+def mainjob_steps() -> list[str]:
+    """Every step of the whole main job, named as in the record (``"<method> on <dataset>"``)."""
+    return [f"{method} on {dataset}" for method, datasets in MAINJOB_DATASETS.items() for dataset in datasets]
+
 
 #: A single-split result's time, times this, estimates its cross-validated run (5 folds of similar size).
 SINGLE_SPLIT_TO_CV = 5
@@ -65,7 +82,9 @@ def report(steps_tsv: str | Path, out_md: str | Path) -> str:
             was stopped during it (the result files' per-fold ``wall_time_s`` still hold it)), and a
             ``total`` line when the invocation ended. A block without ``total`` was still running or was
             stopped; its steps done are counted. A record written before invocations were kept has no
-            ``invocation`` line: it is one block.
+            ``invocation`` line: it is one block. Steps of :func:`mainjob_steps` that no invocation
+            finished (a job limited by ``METHODS`` / ``DATASETS``, or not yet done) are named in the
+            headline, which then says the time is for part of the job, never a total.
         out_md: the Markdown file to write (``results/BENCHMARKS.md``).
 
     Returns:
@@ -96,7 +115,15 @@ def report(steps_tsv: str | Path, out_md: str | Path) -> str:
     stopped = [i + 1 for i, b in enumerate(blocks) if "total" not in b["meta"]]
     machines = sorted({b["meta"].get("machine", "?") for b in blocks})
     meta = blocks[0]["meta"] if blocks else {}
-    if not stopped and len(blocks) == 1:
+    done = {r[0] for b in blocks for r in b["rows"] if r[2] == "ok"}
+    missing = [step for step in mainjob_steps() if step not in done]
+    if missing:  # invocations limited by METHODS / DATASETS: not the whole job, whatever they took
+        headline = (f"**Part of the job: {total / 60:.1f} min for the steps run so far at this commit; "
+                    f"{len(missing)} of its {len(mainjob_steps())} method steps not yet run** (budget for the "
+                    f"whole job: 150 min; not yet run: {', '.join(missing)}"
+                    + (f"; invocation {', '.join(map(str, stopped))} was still running or was stopped" if stopped else "")
+                    + ")")
+    elif not stopped and len(blocks) == 1:
         headline = f"**Total: {total / 60:.1f} min** (budget: 150 min)"
     elif not stopped:
         headline = f"**Total: {total / 60:.1f} min over {len(blocks)} invocations** (budget: 150 min)"
@@ -133,5 +160,9 @@ if __name__ == "__main__":
         print("?" if seconds is None else f"{seconds:.0f}")
     elif len(sys.argv) == 4 and sys.argv[1] == "report":
         print(report(sys.argv[2], sys.argv[3]))
+    elif sys.argv[1:] == ["methods"]:
+        print(" ".join(MAINJOB_DATASETS))
+    elif len(sys.argv) == 3 and sys.argv[1] == "datasets" and sys.argv[2] in MAINJOB_DATASETS:
+        print(" ".join(MAINJOB_DATASETS[sys.argv[2]]))
     else:
-        sys.exit("usage: python scripts/mainjob.py eta METHOD DATASET | report STEPS_TSV OUT_MD")
+        sys.exit("usage: python scripts/mainjob.py eta METHOD DATASET | report STEPS_TSV OUT_MD | methods | datasets METHOD")

@@ -42,7 +42,8 @@ if [[ -z "${DATA_ROOT:-}" ]]; then
 fi
 export DATA_ROOT
 PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; print(default_profile())')}"
-ALL_METHODS="reference resnet3d resnet3d_permuted_ages oasis_resblock vgg16_svr tsan midslice_classifier alz_cnn midslice_from_alz"
+# The whole job: every method and the datasets it runs on (scripts/mainjob.py, the one place).
+ALL_METHODS="$(python scripts/mainjob.py methods)"
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
 DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
@@ -78,10 +79,8 @@ if [[ -n "$SPLIT_DATASETS" && -n "$NEEDS_PREPROCESSING" ]]; then
   [[ "$status" == ok ]] || { echo "[reproduce] shared preprocessing FAILED; see $LOG_DIR/preprocess.log" >&2; exit 1; }
 fi
 
-declare -A APPLIES=( [reference]="ixi_hh ds000228" [resnet3d]="ixi_hh ds000228" [resnet3d_permuted_ages]="ixi_hh"
-                     [oasis_resblock]="ixi_hh ds000228"
-                     [vgg16_svr]="ixi_hh ds000228" [midslice_classifier]="ds000228" [alz_cnn]="alzheimer4"
-                     [tsan]="ixi_hh ds000228" [midslice_from_alz]="ds000228" )
+declare -A APPLIES=()
+for m in $ALL_METHODS; do APPLIES[$m]="$(python scripts/mainjob.py datasets "$m")"; done
 declare -A SCRIPT=( [reference]="baselines/reference.sh" [resnet3d]="resnet3d/train.sh"
                     [resnet3d_permuted_ages]="resnet3d/train.sh"
                     [oasis_resblock]="baselines/oasis_resblock/train.sh" [vgg16_svr]="baselines/vgg16_svr/train.sh"

@@ -36,11 +36,17 @@ def test_mainjob_report_of_a_finished_and_of_a_stopped_job(tmp_path):
     steps = tmp_path / "steps.tsv"
     steps.write_text("profile\tcpu\t\t\ncommit\tabc\t\t\nmachine\tSome CPU, 2 cores\t\t\n"
                      "shared preprocessing\t60\tok\t0\nresnet3d on ixi_hh\t1800\tok\t2\n")
+    others = "".join(f"{step}\t60\tok\t0\n" for step in mainjob.mainjob_steps() if step != "resnet3d on ixi_hh")
+    steps.write_text(steps.read_text() + others)
     partial = mainjob.report(steps, tmp_path / "B.md")
-    assert "Not finished: 31.0 min for the steps done so far" in partial and "commit abc, Some CPU, 2 cores" in partial
+    assert "Not finished: 44.0 min for the steps done so far" in partial and "commit abc, Some CPU, 2 cores" in partial
     assert "| resnet3d on ixi_hh | 30.0 | ok | 2 |" in partial and "2 finished folds were reused" in partial
-    steps.write_text(steps.read_text() + "total\t1900\t\t\n")
-    assert "**Total: 31.7 min** (budget: 150 min)" in mainjob.report(steps, tmp_path / "B.md")
+    steps.write_text(steps.read_text() + "total\t2900\t\t\n")
+    assert "**Total: 48.3 min** (budget: 150 min)" in mainjob.report(steps, tmp_path / "B.md")
+    steps.write_text("".join(line + "\n" for line in steps.read_text().splitlines() if not line.startswith("tsan on")))
+    part = mainjob.report(steps, tmp_path / "B.md")
+    assert "**Part of the job: 48.3 min for the steps run so far at this commit; 2 of its 14 method steps not yet run**" in part
+    assert "not yet run: tsan on ixi_hh, tsan on ds000228)" in part and "Total" not in part
     steps.write_text("bad line\n")
     with pytest.raises(ValueError, match="4 tab-separated fields"):
         mainjob.report(steps, tmp_path / "B.md")
@@ -55,7 +61,7 @@ def test_mainjob_report_sums_the_invocations_of_one_commit(tmp_path):
                      + block.format(t="2026-12-05T07:24:00Z", c="abc", m="CPU B") + "shared preprocessing\t20\tok\t0\n"
                      "tsan on ixi_hh\t1200\tok\t5\ntotal\t1230\t\t\n")
     text = mainjob.report(steps, tmp_path / "B.md")
-    assert "Not finished: 101.9 min for the steps done so far" in text and "invocation 1 was still running" in text
+    assert "Part of the job: 101.9 min for the steps run so far at this commit" in text and "invocation 1 was still running" in text
     assert "| 1 | 2026-12-04T18:16:00Z | CPU A, 2 cores | 81.4 | stopped |" in text
     assert "| 2 | 2026-12-05T07:24:00Z | CPU B, 2 cores | 20.5 | yes |" in text
     assert "| tsan on ixi_hh | 20.0 | ok | 5 | 2 |" in text and "5 finished folds were reused" in text
