@@ -116,10 +116,11 @@ def report(steps_tsv: str | Path, out_md: str | Path) -> str:
     machines = sorted({b["meta"].get("machine", "?") for b in blocks})
     meta = blocks[0]["meta"] if blocks else {}
     done = {r[0] for b in blocks for r in b["rows"] if r[2] == "ok"}
-    missing = [step for step in mainjob_steps() if step not in done]
+    whole_job = mainjob_steps()
+    missing = [step for step in whole_job if step not in done]
     if missing:  # invocations limited by METHODS / DATASETS: not the whole job, whatever they took
         headline = (f"**Part of the job: {total / 60:.1f} min for the steps run so far at this commit; "
-                    f"{len(missing)} of its {len(mainjob_steps())} method steps not yet run** (budget for the "
+                    f"{len(missing)} of its {len(whole_job)} method steps not yet run** (budget for the "
                     f"whole job: 150 min; not yet run: {', '.join(missing)}"
                     + (f"; invocation {', '.join(map(str, stopped))} was still running or was stopped" if stopped else "")
                     + ")")
