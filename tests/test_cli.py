@@ -92,23 +92,69 @@ def _tree_state() -> tuple:
     return status, files
 
 
+#: Wrappers run for real (each a cold interpreter importing torch and MONAI, about 5 s): one per way a wrapper
+#: hands --help to Python (run_cli, test_run, a script path). The others run with a recording stand-in for
+#: the venv's python, which checks the bash side; the Python side of their help is ``test_help``, in process.
+REAL_WRAPPERS = ("resnet3d/train.sh", "resnet3d/test.sh", "scripts/gpu_check.sh")
+
+#: The stand-in python: answers setup_env.sh's site-packages query, records every other call as one JSON line.
+_RECORDING_PYTHON = """#!/usr/bin/env bash
+if [[ "${1:-}" == -c ]]; then echo "$BRAINMRI_FAKE_SITE"; exit 0; fi
+printf '%s\\0' "$@" >> "$BRAINMRI_PYTHON_CALLS"; printf '\\n' >> "$BRAINMRI_PYTHON_CALLS"
+"""
+
+
+def _recording_venv(root: Path) -> Path:
+    """A virtualenv folder that setup_env.sh accepts as installed (requirements stamp and torchvision check
+    present) whose ``bin/python`` is the recording stand-in."""
+    import hashlib
+
+    (root / "bin").mkdir(parents=True)
+    (root / "site").mkdir()
+    python = root / "bin" / "python"
+    python.write_text(_RECORDING_PYTHON)
+    python.chmod(0o755)
+    (root / ".requirements.sha256").write_text(hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest() + "\n")
+    (root / ".torchvision_hook_checked").touch()
+    return root
+
+
+def _cli_of_call(argv: list[str]) -> tuple[str, list[str]]:
+    """``(module, command)`` of a recorded ``python -m MODULE [COMMAND] [--] --help`` or
+    ``python scripts/x.py [--] --help`` call."""
+    if argv[0] == "-m":
+        module, rest = argv[1], argv[2:]
+    else:
+        module, rest = argv[0].removesuffix(".py").replace("/", "."), argv[1:]
+    return module, [a for a in rest if not a.startswith("-")]
+
+
 @pytest.fixture(scope="module")
 def wrapper_help(tmp_path_factory) -> dict:
-    """`bash <wrapper> --epochs=1 --help` for every wrapper, two at a time (each is one mostly
-    single-threaded Python start-up, so the two cores halve the wall time), from a fresh folder each and
-    without an activated venv: ``{wrapper: (returncode, output, caller folder)}``, plus the tree state
-    before and after all of them under ``"_tree"``."""
+    """`bash <wrapper> --epochs=1 --help` for every wrapper, from a fresh folder each and without an activated
+    venv: ``{wrapper: (returncode, output, caller folder, recorded python calls or None when run for real)}``,
+    plus the tree state before and after all of them under ``"_tree"``. The real runs go two at a time
+    (each is one mostly single-threaded Python start-up)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "VENV")}
     env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "RUN_NAME": "must-not-exist", "DATASET": "no_such_dataset",
                 "PAGER": "cat"})
 
-    def run(wrapper: str) -> tuple[int, str, Path]:
+    def run(wrapper: str) -> tuple[int, str, Path, list | None]:
         cwd = tmp_path_factory.mktemp("caller")
+        wrapper_env = dict(env)
+        calls = None
+        if wrapper not in REAL_WRAPPERS:
+            venv = _recording_venv(tmp_path_factory.mktemp("venv"))
+            calls = venv / "calls"
+            calls.touch()
+            wrapper_env.update({"VENV": str(venv), "BRAINMRI_FAKE_SITE": str(venv / "site"),
+                                "BRAINMRI_PYTHON_CALLS": str(calls)})
         proc = subprocess.run(["bash", str(REPO / wrapper), "--epochs=1", "--help"], cwd=cwd, capture_output=True,
-                              text=True, env=env, timeout=300)
-        return proc.returncode, proc.stdout + proc.stderr, cwd
+                              text=True, env=wrapper_env, timeout=300)
+        recorded = None if calls is None else [line.split("\0")[:-1] for line in calls.read_text().splitlines()]
+        return proc.returncode, proc.stdout + proc.stderr, cwd, recorded
 
     before = _tree_state()
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -118,15 +164,27 @@ def wrapper_help(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_every_wrapper_help_shows_help_and_changes_nothing(wrapper, wrapper_help):
-    """`bash <wrapper> --epochs=1 --help`, from another folder and without an activated venv, prints
-    help, exits 0 and changes no file (no run folder, no result)."""
-    returncode, out, cwd = wrapper_help[wrapper]
+    """`bash <wrapper> --epochs=1 --help`, from another folder and without an activated venv, exits 0, changes
+    no file (no run folder, no result) and shows help: its own, or the help of a CLI that ``test_help``
+    checks (each Python call it makes is ``python -m MODULE [COMMAND] [--] --help`` or a script's)."""
+    returncode, out, cwd, calls = wrapper_help[wrapper]
     assert returncode == 0, out[-2000:]
-    assert "NAME" in out and ("FLAGS" in out or "POSITIONAL" in out or "COMMANDS" in out), out[-2000:]
     assert "Traceback" not in out
+    for call in calls or []:
+        assert call[-1] == "--help", calls
+        assert _cli_of_call(call) in [(m, c) for m, c in CLIS], f"{wrapper} hands --help to {call}, not in CLIS"
+    if not calls:
+        assert "NAME" in out and ("FLAGS" in out or "POSITIONAL" in out or "COMMANDS" in out), out[-2000:]
     before, after = wrapper_help["_tree"]
     assert after == before, "a wrapper's help changed files"
     assert list(cwd.iterdir()) == [], "help wrote into the caller's folder"
+
+
+def test_recorded_calls_name_the_cli():
+    """The recording stand-in's argv parsing, on the three forms the wrappers use."""
+    assert _cli_of_call(["-m", "tsan.train", "train_first_stage", "--", "--help"]) == ("tsan.train", ["train_first_stage"])
+    assert _cli_of_call(["-m", "common.predict", "--help"]) == ("common.predict", [])
+    assert _cli_of_call(["scripts/bench.py", "--", "--help"]) == ("scripts.bench", [])
 
 
 def _checked(module: str, command: list[str], argv: list[str]):
