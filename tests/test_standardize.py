@@ -31,26 +31,61 @@ def _compare(a: StandardBrain, b: StandardBrain) -> tuple[float, float]:
     return corr, dice
 
 
-@pytest.fixture(scope="module")
-def native():
+def _scan_path():
     from pathlib import Path
 
     from tests.conftest import SHARED_DATA
 
-    root = Path(__import__("os").environ.get("DATA_ROOT", SHARED_DATA)) / "ixi_hh"
-    path = root / "T1" / f"{SCAN}_T1.nii.gz"
-    if not path.exists():
-        pytest.skip(f"real data not found at {root} (set DATA_ROOT); invariance test skipped")
-    data, affine, _ = load_checked(path)
+    return Path(__import__("os").environ.get("DATA_ROOT", SHARED_DATA)) / "ixi_hh"
+
+
+def _load_native():
+    """The real scan and its DLMUSE brain mask: ``(data, affine, mask)``."""
+    root = _scan_path()
+    data, affine, _ = load_checked(root / "T1" / f"{SCAN}_T1.nii.gz")
     mask = np.asarray(nib.load(root / "DLMUSE" / f"{SCAN}_T1_DLMUSE.nii.gz").dataobj) > 0
-    return data, affine, mask, standardize_brain(data, affine)
+    return data, affine, mask
+
+
+def _standardize_job(job: tuple[str, str]) -> StandardBrain:
+    """One pool job: ``("native", transform)`` is the scan itself, ``("variant", name)`` one acquisition variant."""
+    kind, name = job
+    data, affine, mask = _load_native()
+    if kind == "native":
+        return standardize_brain(data, affine, name)
+    return standardize_brain(*standard_variants(mask)[name](data, affine))
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs() -> dict:
+    """Every whole-pipeline run this module checks, two processes at a time with one torch thread each,
+    as ``scripts/preprocess.py`` builds the cache (``common.data.preprocess``): the native scan twice
+    (``"native"``, ``"again"``), with SyN (``"SyN"``) and each acquisition variant (by name)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from common.data.preprocess import _init_worker
+
+    if not (_scan_path() / "T1" / f"{SCAN}_T1.nii.gz").exists():
+        pytest.skip(f"real data not found at {_scan_path()} (set DATA_ROOT); invariance test skipped")
+    jobs = {"native": ("native", "Affine"), "again": ("native", "Affine"), "SyN": ("native", "SyN")}
+    jobs.update({name: ("variant", name) for name in standard_variants(np.ones(1))})
+    # spawn: a fresh interpreter per worker, whatever thread pools this test process has already started
+    with ProcessPoolExecutor(max_workers=2, initializer=_init_worker,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return dict(zip(jobs, pool.map(_standardize_job, jobs.values())))
+
+
+@pytest.fixture(scope="module")
+def native(pipeline_runs):
+    return (*_load_native(), pipeline_runs["native"])
 
 
 @pytest.mark.parametrize("variant", list(standard_variants(np.ones(1))))
-def test_preprocessed_brain_is_invariant_to_acquisition(native, variant):
-    data, affine, mask, reference = native
+def test_preprocessed_brain_is_invariant_to_acquisition(native, pipeline_runs, variant):
+    reference = native[-1]
     assert reference.qc["template_dice"] > 0.9
-    varied = standardize_brain(*standard_variants(mask)[variant](data, affine))
+    varied = pipeline_runs[variant]
     corr, dice = _compare(reference, varied)
     assert corr >= MIN_CORRELATION and dice >= MIN_DICE, f"{variant}: correlation {corr:.3f}, Dice {dice:.3f}"
     if variant == "reoriented_int16_origin40mm":  # the same voxels: only rounding may differ (0.9916 before RAS order)
@@ -59,22 +94,20 @@ def test_preprocessed_brain_is_invariant_to_acquisition(native, variant):
     assert stripped == (variant == "skull_stripped"), f"{variant}: extracerebral signal {varied.qc['extracerebral_signal']}"
 
 
-def test_preprocessing_gives_the_same_bits_every_time(native):
+def test_preprocessing_gives_the_same_bits_every_time(pipeline_runs):
     """The same scan twice through the whole pipeline (deepbet, N4, ANTs affine): identical arrays.
     Before the registration was seeded for real and kept to one ITK thread, no two runs were alike
     (template Dice 0.9610-0.9622 on this scan), so a main job on a cold cache could not reproduce the
     committed results (common.data.registration.ants_registration)."""
-    data, affine, _, reference = native
-    again = standardize_brain(data, affine)
+    reference, again = pipeline_runs["native"], pipeline_runs["again"]
     assert np.array_equal(again.brain, reference.brain) and np.array_equal(again.mask, reference.mask)
     assert again.qc == reference.qc
 
 
-def test_tsan_paper_pipeline_syn_fits_the_template_closer(native):
+def test_tsan_paper_pipeline_syn_fits_the_template_closer(pipeline_runs):
     """TSAN's paper preprocessing (deepbet, N4, affine + SyN) on the real scan: a registered brain
     that overlaps the MNI brain more than the affine one does, on the same grid."""
-    data, affine, _, reference = native
-    syn = standardize_brain(data, affine, "SyN")
+    reference, syn = pipeline_runs["native"], pipeline_runs["SyN"]
     assert syn.qc["transform"] == "SyN" and syn.brain.shape == reference.brain.shape == (91, 109, 91)
     assert syn.qc["template_dice"] > reference.qc["template_dice"] and syn.qc["similarity"] > reference.qc["similarity"]
 
