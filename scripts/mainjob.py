@@ -34,6 +34,11 @@ MAINJOB_DATASETS = {
 }
 
 
+def mainjob_datasets() -> list[str]:
+    """Every dataset of the whole main job, in the order of their first step."""
+    return list(dict.fromkeys(d for datasets in MAINJOB_DATASETS.values() for d in datasets))
+
+
 def mainjob_steps() -> list[str]:
     """Every step of the whole main job, named as in the record (``"<method> on <dataset>"``)."""
     return [f"{method} on {dataset}" for method, datasets in MAINJOB_DATASETS.items() for dataset in datasets]
@@ -163,7 +168,9 @@ if __name__ == "__main__":
         print(report(sys.argv[2], sys.argv[3]))
     elif sys.argv[1:] == ["methods"]:
         print(" ".join(MAINJOB_DATASETS))
+    elif sys.argv[1:] == ["datasets"]:
+        print(" ".join(mainjob_datasets()))
     elif len(sys.argv) == 3 and sys.argv[1] == "datasets" and sys.argv[2] in MAINJOB_DATASETS:
         print(" ".join(MAINJOB_DATASETS[sys.argv[2]]))
     else:
-        sys.exit("usage: python scripts/mainjob.py eta METHOD DATASET | report STEPS_TSV OUT_MD | methods | datasets METHOD")
+        sys.exit("usage: python scripts/mainjob.py eta METHOD DATASET | report STEPS_TSV OUT_MD | methods | datasets [METHOD]")

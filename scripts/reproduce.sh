@@ -45,7 +45,7 @@ PROFILE="${PROFILE:-$(python -c 'from common.device import default_profile; prin
 # The whole job: every method and the datasets it runs on (scripts/mainjob.py, the one place).
 ALL_METHODS="$(python scripts/mainjob.py methods)"
 METHODS="${METHODS:-$ALL_METHODS}"; METHODS="${METHODS//,/ }"
-DATASETS="${DATASETS:-ixi_hh ds000228 alzheimer4}"; DATASETS="${DATASETS//,/ }"
+DATASETS="${DATASETS:-$(python scripts/mainjob.py datasets)}"; DATASETS="${DATASETS//,/ }"
 LOG_DIR="runs/logs"; mkdir -p "$LOG_DIR"
 CV_RUN_NAME="${RUN_NAME:-main-$PROFILE}"
 # Every invocation of the same commit appends to one record (a job that spans several sessions is

@@ -22,6 +22,11 @@ def test_mainjob_minutes_counts_one_process_once():
     assert minutes["alz_cnn"] == pytest.approx(1.5), "separate processes add up"
 
 
+def test_mainjob_datasets_are_every_dataset_of_a_step_once():
+    assert mainjob.mainjob_datasets() == ["ixi_hh", "ds000228", "alzheimer4"]
+    assert {step.split(" on ")[1] for step in mainjob.mainjob_steps()} == set(mainjob.mainjob_datasets())
+
+
 def test_mainjob_eta_scales_single_split_results_to_the_folds(tmp_path):
     (tmp_path / "resnet3d__ixi_hh.json").write_text(json.dumps({"wall_time_s": 100.0}))
     (tmp_path / "resnet3d__ds000228.json").write_text(json.dumps({"wall_time_s": 400.0, "folds": [{}] * 5}))
