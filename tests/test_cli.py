@@ -97,7 +97,8 @@ def _tree_state() -> tuple:
 #: the venv's python, which checks the bash side; the Python side of their help is ``test_help``, in process.
 REAL_WRAPPERS = ("resnet3d/train.sh", "resnet3d/test.sh", "scripts/gpu_check.sh")
 
-#: The stand-in python: answers setup_env.sh's site-packages query, records every other call as one JSON line.
+#: The stand-in python: answers setup_env.sh's site-packages query, records every other call as one line of
+#: NUL-terminated arguments.
 _RECORDING_PYTHON = """#!/usr/bin/env bash
 if [[ "${1:-}" == -c ]]; then echo "$BRAINMRI_FAKE_SITE"; exit 0; fi
 printf '%s\\0' "$@" >> "$BRAINMRI_PYTHON_CALLS"; printf '\\n' >> "$BRAINMRI_PYTHON_CALLS"
@@ -133,7 +134,7 @@ def _cli_of_call(argv: list[str]) -> tuple[str, list[str]]:
 def wrapper_help(tmp_path_factory) -> dict:
     """`bash <wrapper> --epochs=1 --help` for every wrapper, from a fresh folder each and without an activated
     venv: ``{wrapper: (returncode, output, caller folder, recorded python calls or None when run for real)}``,
-    plus the tree state before and after all of them under ``"_tree"``. The real runs go two at a time
+    plus the tree state before and after all of them under ``"_tree"``. They run two at a time
     (each is one mostly single-threaded Python start-up)."""
     from concurrent.futures import ThreadPoolExecutor
 
