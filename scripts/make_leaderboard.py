@@ -112,10 +112,35 @@ def _subjects(d: dict) -> str:
     return f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)}{unit}"
 
 
+def cpu_kind(d: dict) -> str | None:
+    """Short name of the CPU kind that made a result (``"EPYC, AVX2"``, ``"EPYC, AVX-512"``, ``"Xeon, AMX"``):
+    the vendor's model family and the widest instruction set among the flags the result records
+    (``environment.cpu``), or None where the result records no CPU (older files, GPU runs).
+
+    fp32 rows of the same commit are meant to be bit-identical across these kinds (README, Precision
+    and machine independence); the column lets a reader check which machine made each row.
+    """
+    env = d.get("environment") or {}
+    env = env[0] if isinstance(env, list) and env else env
+    cpu = env.get("cpu") if isinstance(env, dict) else None
+    if not isinstance(cpu, dict) or not cpu.get("cpu_model"):
+        return None
+    model = str(cpu["cpu_model"])
+    family = next((name for name in ("EPYC", "Xeon", "Ryzen", "Core") if name in model), model.split("(")[0].strip())
+    flags = {k for k, v in (cpu.get("cpu_flags") or {}).items() if v}
+    isa = ("AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None)
+    return f"{family}, {isa}" if isa else family
+
+
+def _commit(d: dict) -> str:
+    """The commit of a row, with the CPU kind that ran it where the result records one."""
+    kind = cpu_kind(d)
+    return str(d.get("commit", "?"))[:8] + (f" ({kind})" if kind else "")
+
+
 def _tail(d: dict) -> list[str]:
-    """source reported, params, wall time, commit."""
-    return [_reported(d.get("source_reported")), _params(d.get("n_parameters")), _duration(d["wall_time_s"]),
-            str(d.get("commit", "?"))[:8]]
+    """source reported, params, wall time, commit (CPU)."""
+    return [_reported(d.get("source_reported")), _params(d.get("n_parameters")), _duration(d["wall_time_s"]), _commit(d)]
 
 
 def read_predictions(source) -> pd.DataFrame:
@@ -222,7 +247,7 @@ def brain_age_section(dataset: str, docs: list[dict], results_dir: Path) -> list
     n = max(d["n_subjects"].get("out_of_fold", 0) for d in docs)
     columns = ["rank", "method", "profile", "preprocessing", "subjects", "MAE [95% CI]", "folds mean ± SD",
                "MAE / mean-age MAE", "Pearson r", "R²", "corrected MAE (formula)", "validation: raw → corrected MAE",
-               "Spearman(gap, age) raw → corrected", "source reported", "params", "wall time", "commit"]
+               "Spearman(gap, age) raw → corrected", "source reported", "params", "wall time", "commit (CPU)"]
     rows = []
     for d in docs:
         m = d["metrics"]
@@ -289,7 +314,7 @@ def classification_section(dataset: str, docs: list[dict], results_dir: Path) ->
     pairs = paired(docs, results_dir, _zero_one)
     rank = ranks(docs, pairs)
     columns = ["rank", "method", "profile", "split", "subjects", "accuracy [95% CI]", "balanced accuracy [95% CI]",
-               "macro-F1", "per-class recall", "majority-class rate", "source reported", "params", "wall time", "commit"]
+               "macro-F1", "per-class recall", "majority-class rate", "source reported", "params", "wall time", "commit (CPU)"]
     rows = []
     for d in docs:
         m = d["metrics"]
@@ -320,7 +345,7 @@ def classification_section(dataset: str, docs: list[dict], results_dir: Path) ->
                 _table(["method", "profile", "test images", "accuracy [95% CI]", "balanced accuracy",
                         "test images whose original is in training", "accuracy on them", "accuracy on the others",
                         "source reported",
-                        "commit"],
+                        "commit (CPU)"],
                        [[d.get("method_label", d["method"]) + (" ⚠ collapsed (one class)" if _collapsed(d["metrics"]) else ""),
                          _profile(d), str(d["n_subjects"].get("test", "–")),
                          f"{_f(d['metrics']['accuracy'], 3)}{_ci3(d['metrics'].get('accuracy_ci95'))}",
@@ -328,7 +353,7 @@ def classification_section(dataset: str, docs: list[dict], results_dir: Path) ->
                          _f(d["metrics"].get("test_images_with_original_in_train"), 3),
                          _f(d["metrics"].get("original_in_train", {}).get("accuracy"), 3),
                          _f(d["metrics"].get("original_not_in_train", {}).get("accuracy"), 3),
-                         _reported(d.get("source_reported")), str(d.get("commit", "?"))[:8]] for d in leaky])]
+                         _reported(d.get("source_reported")), _commit(d)] for d in leaky])]
     return out
 
 

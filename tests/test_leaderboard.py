@@ -77,6 +77,28 @@ def test_rows_are_ranked_by_paired_differences_and_regeneration_is_stable(tmp_pa
     assert (results / "LEADERBOARD.md").stat().st_mtime_ns == mtime, "unchanged inputs do not rewrite the file"
 
 
+def test_each_row_names_the_cpu_kind_that_made_it(tmp_path):
+    results = tmp_path / "results"
+    rng = np.random.default_rng(1)
+    kinds = {"zen3": ("AMD EPYC", {"avx2": True, "avx512f": False, "avx512_bf16": False}),
+             "zen4": ("AMD EPYC", {"avx2": True, "avx512f": True, "avx512_bf16": True}),
+             "xeon": ("Intel(R) Xeon(R) Processor", {"avx2": True, "avx512f": True, "amx_bf16": True})}
+    for method, (model, flags) in kinds.items():
+        doc = _result(results, method, "ixi_hh", rng.normal(0, 3, 30))
+        doc["environment"] = {"cpu": {"cpu_model": model, "cpu_flags": flags, "cpu_capability": "AVX2"}}
+        (results / f"{method}__ixi_hh.json").write_text(json.dumps(doc))
+    _result(results, "old", "ixi_hh", rng.normal(0, 3, 30))  # an older file that records no CPU
+    make_leaderboard.main(str(results), str(tmp_path / "README.md"))
+    lines = (results / "LEADERBOARD.md").read_text().splitlines()
+    assert any("| commit (CPU) |" in line for line in lines)
+    row = {m: next(line for line in lines if f"| {m.upper()} |" in line or f"**{m.upper()}**" in line)
+           for m in ("zen3", "zen4", "xeon", "old")}
+    assert row["zen3"].endswith("| abc1234 (EPYC, AVX2) |")
+    assert row["zen4"].endswith("| abc1234 (EPYC, AVX-512) |")
+    assert row["xeon"].endswith("| abc1234 (Xeon, AMX) |")
+    assert row["old"].endswith("| abc1234 |")
+
+
 def test_rows_from_uncommitted_code_are_refused(tmp_path):
     results = tmp_path / "results"
     _result(results, "a", "ixi_hh", np.ones(10), commit="abc1234-dirty")
