@@ -120,10 +120,8 @@ def cpu_kind(d: dict) -> str | None:
     fp32 rows of the same commit are meant to be bit-identical across these kinds (README, Precision
     and machine independence); the column lets a reader check which machine made each row.
     """
-    env = d.get("environment") or {}
-    env = env[0] if isinstance(env, list) and env else env
-    cpu = env.get("cpu") if isinstance(env, dict) else None
-    if not isinstance(cpu, dict) or not cpu.get("cpu_model"):
+    cpu = (d.get("environment") or {}).get("cpu") or {}
+    if not cpu.get("cpu_model"):
         return None
     model = str(cpu["cpu_model"])
     family = next((name for name in ("EPYC", "Xeon", "Ryzen", "Core") if name in model), model.split("(")[0].strip())
