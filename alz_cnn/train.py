@@ -34,6 +34,7 @@ from alz_cnn.near_duplicates import DEFAULT_THRESHOLD, DEFAULT_THUMBNAIL, find_n
 from common.classification import publish_classification_result, report_classification
 from common.cli import declare_profiles
 from common.cli import run as run_cli
+from common.cv import PREDICTIONS_DIR
 from common.device import configure_numerics, default_profile, select_device
 from common.distributed import main_process_first
 from common.experiment import default_run_name, publication, resolve_profile
@@ -305,7 +306,11 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
 
     Args:
         run_dir: the run folder.
-        publish: write ``results/alz_<model>__alzheimer4.json``.
+        publish: write ``results/alz_<model>__alzheimer4.json`` and its per-image test predictions,
+            ``results/predictions/alz_<model>__alzheimer4.csv`` (``image, label, pred, prob_<class>``),
+            which the leaderboard pairs between models (McNemar). Its ``wall_time_s`` is the whole
+            run's: when called on a finished run (``_state`` None), the training time in the run's
+            ``usage.json`` plus this evaluation's.
         device: compute device.
 
     Returns:
@@ -315,10 +320,12 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
     setup_logging()
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
+    usage_path = run_dir / "usage.json"
+    usage = json.loads(usage_path.read_text()) if usage_path.exists() else {}
     if _state is None:
         frame, class_names, _, images = _load(cfg["data_root"], cfg["cache_dir"], cfg["image_size"],
                                               cfg["val_fraction"], cfg["seed"])
-        t0 = time.time()
+        t0 = time.time() - usage.get("train_seconds", 0.0)
     else:
         frame, class_names, images, t0 = _state
     dev = select_device(device)
@@ -349,8 +356,6 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
     log.info("test accuracy %.4f; on the %d test images without a near-duplicate in train/: %.4f",
              metrics["accuracy"], sub["n"], sub["accuracy"])
     if publish:
-        usage_path = run_dir / "usage.json"
-        usage = json.loads(usage_path.read_text()) if usage_path.exists() else {}
         spec = MODELS[cfg["model"]]
         notes = [f"weights: {cfg['weights_provenance']}", "published train/test folders: image-level, not subject-split"]
         if spec.arch is not None and cfg["weights"] == "none":
@@ -369,6 +374,8 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
                         "dataset": "44,000-image augmented version, 70/15/15 image-level random split"}
         counts = frame["split"].value_counts()
         variant = ", class-weighted loss" if cfg.get("class_weighted") else ""
+        predictions = f"{PREDICTIONS_DIR}/{cfg['method']}__{cfg['dataset']}.csv"
+        write_csv(Path(cfg["results_dir"]) / predictions, pd.read_csv(run_dir / "predictions_test.csv"))
         path = publish_classification_result(
             cfg["results_dir"], metrics, method=cfg["method"],
             method_label=f"{spec.label}{variant} ({cfg['weights_provenance']})",
@@ -376,7 +383,7 @@ def evaluate(run_dir: str, publish: bool = True, device: str = "auto", _state=No
             n_subjects={s: int(counts.get(s, 0)) for s in ("train", "val", "test")} | {"unit": "images"},
             parameters=params, n_parameters=count_parameters(net), wall_time_s=time.time() - t0,
             environment=environment_info(dev), commit=git_commit(), run_dir=run_dir, notes=notes,
-            subject_split=False, readme_folder="alz_cnn")
+            subject_split=False, readme_folder="alz_cnn", predictions=predictions)
         log.info("wrote %s", path)
     return metrics
 

@@ -155,6 +155,10 @@ def _predictions(d: dict, results_dir: Path) -> pd.DataFrame | None:
 
 
 def _keyed(table: pd.DataFrame) -> pd.DataFrame:
+    """The table indexed by subject and session, or by image where a dataset has no subject IDs
+    (alzheimer4: ``image``, its path under the dataset folder)."""
+    if "participant_id" not in table:
+        return table.assign(_key=table["image"].astype(str)).set_index("_key")
     key = table["participant_id"] + "|" + (table["session_id"].fillna("") if "session_id" in table else "")
     return table.assign(_key=key).set_index("_key")
 
@@ -333,7 +337,7 @@ def classification_section(dataset: str, docs: list[dict], results_dir: Path) ->
            "of the subjects.", "", _table(columns, rows)]
     if pairs:
         out += ["", f"Paired comparisons on {dataset} (Δ error rate = first − second; paired bootstrap 95% CI; exact "
-                "McNemar test on the discordant subjects):", "",
+                "McNemar test on the discordant subjects, or images where the dataset has no subject IDs):", "",
                 _table(["first", "second", "Δ error [95% CI]", "McNemar p", "only first / only second right", "n"],
                        _pair_rows(docs, pairs, mcnemar=True))]
     if leaky:

@@ -195,6 +195,12 @@ def test_tiny_end_to_end_run(tmp_path):
     assert doc["parameters"]["peak_memory_mb"] > 0 and doc["parameters"]["train_seconds"] > 0
     preds = pd.read_csv(Path(run_dir) / "predictions_test.csv")
     assert preds["image"].str.startswith("test/").all() and len(preds) == 8
+    assert doc["predictions"] == "predictions/alz_altzcnn__alzheimer4.csv", "published for the leaderboard's McNemar tests"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results" / doc["predictions"]), preds)
+    again = alz.evaluate(run_dir)  # a finished run tested again: same numbers, the training time still counted
+    redoc = json.loads((tmp_path / "results" / "alz_altzcnn__alzheimer4.json").read_text())
+    assert again["accuracy"] == doc["metrics"]["accuracy"] and again["confusion_matrix"] == doc["metrics"]["confusion_matrix"]
+    assert redoc["wall_time_s"] >= round(doc["parameters"]["train_seconds"], 1)
     readme = tmp_path / "README.md"
     blocks = ("x\n<!-- comparison:start -->\n<!-- comparison:end -->\n"
               "<!-- near-duplicates:start -->\nkept\n<!-- near-duplicates:end -->\n")

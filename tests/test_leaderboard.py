@@ -142,6 +142,24 @@ def test_transfer_rows_at_chance_leave_the_table_and_the_leaky_row_stands_apart(
     assert "not trained enough" in board and "ALZ_RESNET50 on alzheimer4, cpu: balanced accuracy 0.300" in board
 
 
+def test_classifiers_without_subject_ids_are_paired_by_image(tmp_path):
+    """alzheimer4 has no subject IDs: its rows' predictions are keyed by ``image``, and the McNemar
+    table pairs two classifiers on the same test images."""
+    images = [f"test/Non/{i}.jpg" for i in range(40)]
+    truth = np.array(["Non", "Mild"] * 20)
+    docs = []
+    for method, right in (("alz_resnet18", np.arange(40) < 36), ("alz_altzcnn", np.arange(40) < 20)):
+        pred = np.where(right, truth, np.where(truth == "Non", "Mild", "Non"))
+        (tmp_path / "predictions").mkdir(exist_ok=True)
+        table = pd.DataFrame({"image": images, "label": truth, "pred": pred})
+        table.to_csv(tmp_path / "predictions" / f"{method}.csv", index=False)
+        docs.append(_classifier(method, float(right.mean())) | {"predictions": f"predictions/{method}.csv"})
+    board = make_leaderboard.render(docs, tmp_path)
+    pairs = board[board.index("Paired comparisons on alzheimer4"):]
+    row = next(line for line in pairs.splitlines() if line.startswith("| ALZ_RESNET18") or line.startswith("| **ALZ_RESNET18"))
+    assert "| 16 / 0 |" in row and row.endswith("| 40 |"), "resnet18 alone right on 16 images, the other never alone"
+
+
 def test_compare_rerun_pairs_a_changed_row_with_its_committed_version(tmp_path):
     """scripts/compare_rerun.py: a rerun row whose errors grew by 1 y on every subject gives ΔMAE
     +1 with a CI of exactly [1, 1]; an untouched row is listed as unchanged; a row the revision
