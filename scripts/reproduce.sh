@@ -108,10 +108,13 @@ for method in $METHODS; do
     start=$SECONDS
     # Cross-validated methods run under one stable name with --resume (alz_cnn: a new run each time).
     cv_env=(); [[ "$method" == alz_cnn ]] || cv_env=(RUN_NAME="$CV_RUN_NAME" RESUME=True)
-    # The method's log goes to its file; its fold lines (fold k/K, ETA) are also shown here.
+    # The method's log goes to its file; its fold lines (fold k/K, ETA) are also shown here. A failed
+    # step is recorded and the job goes on (under set -e with pipefail the failing pipeline would end it).
+    set +e
     env DATASET="$dataset" PROFILE="$PROFILE" "${cv_env[@]}" bash "${SCRIPT[$method]}" ${EXTRA_ARGS[$method]:-} 2>&1 | tee "$log" \
       | { grep --line-buffered -E "fold [0-9]+/[0-9]+" | sed -u 's/^/[reproduce]   /' || true; }
     rc=${PIPESTATUS[0]}
+    set -e
     reused=$(grep -c "reusing the finished run" "$log" || true)
     if (( rc == 0 )); then
       echo "[reproduce] $method on $dataset done in $((SECONDS - start)) s"; status=ok
