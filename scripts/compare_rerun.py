@@ -101,7 +101,8 @@ def main(rev: str = "HEAD", results_dir: str = "results") -> str:
         results_dir: the result folder (inside a git checkout) with the new rows.
 
     Returns:
-        The markdown (rows unchanged since ``rev`` and rows new since ``rev`` are listed by name).
+        The markdown (rows unchanged since ``rev``, rows new since ``rev`` and rows whose ``rev``
+        version has no predictions file are listed by name).
 
     Raises:
         ValueError: ``results_dir`` is not in a git checkout or ``rev`` names no commit.
@@ -110,15 +111,18 @@ def main(rev: str = "HEAD", results_dir: str = "results") -> str:
     root = Path(results_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no result folder at {root}")
-    regression, classification, unchanged, new = [], [], [], []
+    regression, classification, unchanged, new, unpaired = [], [], [], [], []
     for doc in load_results(root):
         if not doc.get("predictions") or not (root / doc["predictions"]).is_file():
             continue
         name = f"{doc['method']} on {doc['dataset']}"
         old_text = _git_show(root, rev, doc["predictions"])
         old_json = _git_show(root, rev, doc["_file"])
-        if old_text is None or old_json is None:
+        if old_json is None:
             new.append(name)
+            continue
+        if old_text is None:  # the row existed, without per-subject predictions to pair with
+            unpaired.append(name)
             continue
         new_text = (root / doc["predictions"]).read_text()
         if new_text == old_text:
@@ -154,6 +158,8 @@ def main(rev: str = "HEAD", results_dir: str = "results") -> str:
         lines += ["", "No row's predictions differ."]
     if new:
         lines += ["", f"New since {rev} (nothing to pair with): {', '.join(new)}."]
+    if unpaired:
+        lines += ["", f"Not paired, the {rev} row kept no per-subject predictions: {', '.join(unpaired)}."]
     if unchanged:
         lines += ["", f"Unchanged: {', '.join(unchanged)}."]
     return "\n".join(lines)

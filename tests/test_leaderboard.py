@@ -172,6 +172,8 @@ def test_compare_rerun_pairs_a_changed_row_with_its_committed_version(tmp_path):
     errors = np.tile([2.0, -3.0, 1.0, -1.5], 5)
     _result(results, "alpha", "ixi_hh", errors)
     _result(results, "beta", "ixi_hh", errors * 2)
+    _result(results, "delta", "ixi_hh", errors)
+    (results / "predictions" / "delta__ixi_hh.csv").unlink()  # committed without its predictions
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
@@ -181,7 +183,9 @@ def test_compare_rerun_pairs_a_changed_row_with_its_committed_version(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "rows")
     _result(results, "alpha", "ixi_hh", errors + np.sign(errors), commit="def5678")  # |error| + 1 everywhere
     _result(results, "gamma", "ixi_hh", errors)
+    _result(results, "delta", "ixi_hh", errors)
     text = compare_rerun.main(rev="HEAD", results_dir=str(results))
+    assert "Not paired, the HEAD row kept no per-subject predictions: delta on ixi_hh." in text
     row = next(line for line in text.splitlines() if line.startswith("| alpha"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:6] == ["20", "abc1234 → def5678", "1.88 → 2.88", "+1.00 [1.00, 1.00]"]
