@@ -29,7 +29,7 @@ import pandas as pd
 
 from common.io import write_csv, write_json
 from common.metrics import age_band_mae, bootstrap_ci, classification_metrics, leave_one_out_correction_mae, regression_metrics
-from common.results import FOLD_RESULTS
+from common.results import FOLD_RESULTS, ID_COLUMNS
 from common.runlog import git_commit, setup_logging
 from common.splits import load_folds, split_sha256
 
@@ -227,7 +227,7 @@ def pool_folds(fold_dirs: list[str | Path], run_root: str | Path, results_dir: s
                                 na_values=[""])
             parts.append(table.assign(fold=d["fold"]))
         oof = pd.concat(parts, ignore_index=True)
-        id_cols = [c for c in ("participant_id", "session_id", "image") if c in oof.columns]
+        id_cols = [c for c in ID_COLUMNS if c in oof.columns]
         dup = oof.duplicated(id_cols)
         if dup.any():
             example = oof.loc[dup, id_cols].head(3).values.tolist()

@@ -39,6 +39,24 @@ def brain_age_predictions(frame: pd.DataFrame, predicted_age: np.ndarray,
     return out[PREDICTION_COLUMNS]
 
 
+#: Columns that name what a predictions table predicts: a subject's session, or an image where a
+#: dataset has no subject IDs (alzheimer4).
+ID_COLUMNS = ("participant_id", "session_id", "image")
+
+
+def prediction_key(table: pd.DataFrame) -> pd.Series:
+    """One string per row of a predictions table naming what it predicts, for pairing two tables:
+    ``participant_id|session_id`` (an absent session is empty), or ``image`` where the table has no
+    ``participant_id``.
+
+    Raises:
+        KeyError: the table has neither ``participant_id`` nor ``image``.
+    """
+    if "participant_id" not in table:
+        return table["image"].astype(str)
+    return table["participant_id"] + "|" + (table["session_id"].fillna("") if "session_id" in table else "")
+
+
 def write_predictions(path: str | Path, table: pd.DataFrame) -> Path:
     """Atomically write a predictions table with 4-decimal floats."""
     return write_csv(path, table.round(4))

@@ -155,12 +155,10 @@ def _predictions(d: dict, results_dir: Path) -> pd.DataFrame | None:
 
 
 def _keyed(table: pd.DataFrame) -> pd.DataFrame:
-    """The table indexed by subject and session, or by image where a dataset has no subject IDs
-    (alzheimer4: ``image``, its path under the dataset folder)."""
-    if "participant_id" not in table:
-        return table.assign(_key=table["image"].astype(str)).set_index("_key")
-    key = table["participant_id"] + "|" + (table["session_id"].fillna("") if "session_id" in table else "")
-    return table.assign(_key=key).set_index("_key")
+    """The table indexed by :func:`common.results.prediction_key` (subject and session, or image)."""
+    from common.results import prediction_key
+
+    return table.assign(_key=prediction_key(table)).set_index("_key")
 
 
 def paired(docs: list[dict], results_dir: Path, loss) -> dict[tuple[str, str], dict]:
