@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Test a finished TSAN second-stage run on the test split (writes its result JSON).
-#   bash tsan/test_second_stage.sh runs/tsan_stage2/<dataset>/<run_name>
+#   bash tsan/test_second_stage.sh runs/tsan_stage2/<dataset>/<run_name>/fold<k>
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 test_run tsan.train test_second_stage "$@"

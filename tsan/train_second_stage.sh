@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TSAN stage 2 (residual on the discretised stage-1 age; stage 1 frozen), then test.
 # Paper values (public code bash_train_second_stage.sh): BATCH_SIZE=32 (non-tied sorter of length 32) LR=1e-5 EPOCHS=150 LBD=10
-# DIS_RANGE=5, SGD, weight decay 5e-4. VARIANT=faithful (default) or normalized_d (see tsan/README.md).
+# DIS_RANGE=5, SGD, weight decay 5e-4. VARIANT=faithful (default), out_of_fold or normalized_d (see tsan/README.md).
 #   FIRST_STAGE=runs/tsan_stage1/ixi_hh/<run_name> bash tsan/train_second_stage.sh
 #   bash tsan/train_second_stage.sh             # the latest stage-1 run of $DATASET (default ixi_hh)
 set -euo pipefail
