@@ -19,8 +19,11 @@
 #           partial one resumed, one made by other code retrained (common/cv.py).
 #
 # Brain-age methods and the mid-slice classifier are 5-fold cross-validated on the committed folds
-# (results/splits/); alzheimer4 keeps its published test folder. The wall time of every step is
-# written to results/BENCHMARKS.md.
+# (results/splits/); alzheimer4 keeps its published test folder. Order: splits, the shared
+# preprocessing of the brain-age methods (a failure there ends the job), each method on each dataset
+# (a failed step is recorded and the job goes on), the resnet3d age-group row (with
+# midslice_classifier on ds000228), the leaderboard, the validation curves. The wall time of every
+# step is written to results/BENCHMARKS.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 if help_requested "$@"; then  # the usage above, and nothing else
