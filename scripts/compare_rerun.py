@@ -58,8 +58,8 @@ def compare_row(new_doc: dict, old_doc: dict, new_table: pd.DataFrame, old_table
     Args:
         new_doc, old_doc: the two result files (``results/<method>__<dataset>.json``).
         new_table, old_table: their per-subject predictions (``participant_id``, optional
-            ``session_id``; ``age`` and ``predicted_age`` in years for brain age, ``label`` and ``pred``
-            for classifiers).
+            ``session_id``, or ``image`` where a dataset has no subject IDs; ``age`` and
+            ``predicted_age`` in years for brain age, ``label`` and ``pred`` for classifiers).
 
     Returns:
         ``n`` (common subjects), ``before``/``after`` (MAE in years, or accuracy and balanced accuracy),

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.cli import run as run_cli  # noqa: E402
 from common.io import replace_block, write_text  # noqa: E402
+from common.results import prediction_key  # noqa: E402
 
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
 
@@ -156,8 +157,6 @@ def _predictions(d: dict, results_dir: Path) -> pd.DataFrame | None:
 
 def _keyed(table: pd.DataFrame) -> pd.DataFrame:
     """The table indexed by :func:`common.results.prediction_key` (subject and session, or image)."""
-    from common.results import prediction_key
-
     return table.assign(_key=prediction_key(table)).set_index("_key")
 
 
